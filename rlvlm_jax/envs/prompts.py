@@ -1,0 +1,215 @@
+"""Task prompts of the four gym_cards tasks, byte for byte as RL4VLM used them.
+
+The released RL4VLM SFT checkpoints were trained on these exact bytes, so the strings below are data
+copied from the original `get_prompt` (VLM_PPO/a2c_ppo_acktr/rl_utils.py), quirks included:
+the Points24 typo "thee four cards", the literal backslashes in "\\{" and "\\}" of the two
+points tasks (the original wrote "\\{" in a normal string literal, which Python keeps as
+backslash + brace), and the mixed spacing around newlines. The original has action-only (no-CoT)
+variants of all four prompts (its `action_only` flag drops every key but "action"); they are
+reproduced too.
+
+One deliberate difference: the original rebuilt the EZPoints/Points24 prompt from the `info` of the
+step just taken, so after an episode ended the next prompt still showed the finished episode's
+formula. Here the caller passes the formula of the state the model is about to act in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+IMAGE_TOKEN = "<image>"
+
+NUMBERLINE_ACTIONS = ("-", "+")
+EZPOINTS_ACTIONS = tuple(str(i) for i in range(1, 11)) + ("+", "*", "=")
+POINTS24_ACTIONS = tuple(str(i) for i in range(1, 11)) + ("+", "-", "*", "/", "(", ")", "=")
+BLACKJACK_ACTIONS = ("stand", "hit")
+
+# ----------------------------------------------------------------------------- prompt pieces (data)
+_JSON_INTRO = "Your response should be a valid json file in the following format: "
+
+_NUMBERLINE_HEAD = (
+    "You are playing a game called number line. You will see a target number and a current "
+    "number in the image. "
+    "And your goal is to move the current number closer to the target by choosing either adding "
+    "or subtracting one to the current number. " + _JSON_INTRO + "\n{\n "
+)
+_NUMBERLINE_COT = (
+    '"current number": "x", \n'
+    '"target number": "x", \n'
+    '"thoughts": "{first read out the current and target number, then think carefully about '
+    'which action to choose}", \n'
+)
+_NUMBERLINE_TAIL = '"action": "-" or "+" \n}'
+
+_BLACKJACK_HEAD = (
+    "You are a blackjack player. You are observing the current game state, you can choose "
+    "between ['stand', 'hit']. " + _JSON_INTRO + "\n{\n "
+)
+_BLACKJACK_COT = (
+    '"thoughts": "{first describe your total points and the dealer\'s total points then think '
+    'about which action to choose}", \n'
+)
+_BLACKJACK_TAIL = '"action": "stand" or "hit" \n}'
+
+_POINTS_RULES = (
+    "The number or operator you choose will be appended to the current formula. "
+    "Note that 'J', 'Q', and 'K' count as '10'. "
+    "Your goal is to output a formula that evaluates to {target}, and each number can only be "
+    "used once. " + _JSON_INTRO + "\\{\n"
+)
+_POINTS_TAIL = '"action": "{number}" or "{operator}" \n \\}'
+
+
+def _choices(actions: Sequence[str]) -> str:
+    return "You can choose between [" + ", ".join(f"'{a}'" for a in actions) + "]. "
+
+
+def formula_text(formula_tokens: Sequence[str | int] | None) -> str:
+    """The formula as the original prompt shows it: tokens joined with no separator.
+
+    Blank tokens (" ", which the env appends after an invalid number) are kept, as in the original.
+    """
+    if not formula_tokens:
+        return ""
+    return "".join(str(t) for t in formula_tokens)
+
+
+def _numberline_prompt(formula: str, cot: bool) -> str:
+    return _NUMBERLINE_HEAD + (_NUMBERLINE_COT if cot else "") + _NUMBERLINE_TAIL
+
+
+def _blackjack_prompt(formula: str, cot: bool) -> str:
+    return _BLACKJACK_HEAD + (_BLACKJACK_COT if cot else "") + _BLACKJACK_TAIL
+
+
+def _ezpoints_prompt(formula: str, cot: bool) -> str:
+    head = (
+        "You are an expert card game player. You are observing two cards in the image. "
+        f"You are observing the current formula: {formula}. "
+        + _choices(EZPOINTS_ACTIONS)
+        + _POINTS_RULES.replace("{target}", "12")
+    )
+    body = ""
+    if cot:
+        body = (
+            ' "cards": [x, y], \n'
+            f'"current formula": {formula}, \n'
+            "\"thoughts\": {First check whether the current formula 'z' is complete. "
+            "If the current formula 'z' is complete, output '='. "
+            "Otherwise consider which number or operator should be appended to the current "
+            "formula to make it equal 12.} \n"
+        )
+    return head + body + _POINTS_TAIL
+
+
+def _points24_prompt(formula: str, cot: bool) -> str:
+    head = (
+        "You are an expert 24 points card game player. You are observing thee four cards in the "
+        "image. "
+        f"You are observing the current formula: {formula}. "
+        + _choices(POINTS24_ACTIONS)
+        + _POINTS_RULES.replace("{target}", "24")
+    )
+    body = ""
+    if cot:
+        body = (
+            ' "cards": [x, y, z, w], \n'
+            f'"current formula": {formula}, \n'
+            '"thoughts": {First check whether the current formula equals 24. '
+            "If the current formula equals 24, output '='. "
+            "Otherwise consider which number or operator should be appended to the current "
+            "formula to make it equal 24.} \n"
+        )
+    return head + body + _POINTS_TAIL
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskText:
+    """Everything text-side about one task.
+
+    `has_formula`: the prompt carries the current formula (EZPoints, Points24), so it changes every
+    step and must be rebuilt from the current state. `has_ten`: the parser's special "10" rule
+    applies (the original keyed it on 'points' in the env name).
+    """
+
+    name: str
+    env_id: str
+    action_strings: tuple[str, ...]
+    has_formula: bool
+    has_ten: bool
+    target: int | None
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_strings)
+
+    def prompt(self, formula_tokens: Sequence[str | int] | None = None, cot: bool = True) -> str:
+        return task_prompt(self.name, formula_tokens, cot)
+
+    @property
+    def cot_prompt(self) -> str:
+        """The chain-of-thought prompt with an empty formula (the start-of-episode prompt)."""
+        return task_prompt(self.name, None, True)
+
+    @property
+    def action_only_prompt(self) -> str:
+        return task_prompt(self.name, None, False)
+
+
+TASKS: dict[str, TaskText] = {
+    "NumberLine": TaskText(
+        "NumberLine", "gym_cards/NumberLine-v0", NUMBERLINE_ACTIONS, False, False, None
+    ),
+    "EZPoints": TaskText("EZPoints", "gym_cards/EZPoints-v0", EZPOINTS_ACTIONS, True, True, 12),
+    "Points24": TaskText("Points24", "gym_cards/Points24-v0", POINTS24_ACTIONS, True, True, 24),
+    "Blackjack": TaskText(
+        "Blackjack", "gym_cards/Blackjack-v0", BLACKJACK_ACTIONS, False, False, None
+    ),
+}
+_BUILDERS = {
+    "NumberLine": _numberline_prompt,
+    "EZPoints": _ezpoints_prompt,
+    "Points24": _points24_prompt,
+    "Blackjack": _blackjack_prompt,
+}
+_BY_ENV_ID = {t.env_id: t for t in TASKS.values()}
+
+
+def get_task(task: str | TaskText) -> TaskText:
+    """Accepts our short name ("Points24") or the original env id ("gym_cards/Points24-v0")."""
+    if isinstance(task, TaskText):
+        return task
+    if task in TASKS:
+        return TASKS[task]
+    if task in _BY_ENV_ID:
+        return _BY_ENV_ID[task]
+    raise KeyError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+
+
+def task_prompt(
+    task: str | TaskText, formula_tokens: Sequence[str | int] | None = None, cot: bool = True
+) -> str:
+    """The original task prompt; for EZPoints/Points24 it embeds `formula_tokens` (twice with CoT).
+
+    Pass the formula of the state being acted in (never the previous step's info). It is ignored
+    by NumberLine and Blackjack, whose prompts are constant.
+    """
+    spec = get_task(task)
+    return _BUILDERS[spec.name](formula_text(formula_tokens), cot)
+
+
+def llava_conversation(task_prompt_text: str) -> str:
+    """Wraps a task prompt in LLaVA's `llava_v1` template (SeparatorStyle.TWO), as the original."""
+    return f"{LLAVA_V1_SYSTEM} USER: {IMAGE_TOKEN}\n{task_prompt_text} ASSISTANT:"
+
+
+def full_prompt(
+    task: str | TaskText, formula_tokens: Sequence[str | int] | None = None, cot: bool = True
+) -> str:
+    """The complete model input text of one step (before the image token is expanded)."""
+    return llava_conversation(task_prompt(task, formula_tokens, cot))
