@@ -1,0 +1,164 @@
+"""The gymnax contract shared by the card tasks, with one picture update per step.
+
+gymnax 1.0's `Environment.step` renders a reset observation on every step for auto-reset and then
+selects between two pictures. Our `step` keeps the gymnax signature and return values but selects
+between the two *logical* states (a few integers) and then updates the carried picture once, from
+the state that will actually be shown. The picture lives in the state (`state.canvas`), so only the
+regions that can change are rewritten and, inside a `lax.scan`, they are written in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import environment, spaces
+
+from rlvlm_jax.envs.render import Picture
+
+
+@struct.dataclass
+class CardEnvState(environment.EnvState):
+    """Common fields: `time` (steps in this episode, as gymnax requires) and the current picture."""
+
+    canvas: jax.Array
+
+
+def select_logic(pred: jax.Array, on_true, on_false):
+    """Field-wise select of two states, except the picture, which is taken from `on_false`."""
+    values = {}
+    for f in dataclasses.fields(on_false):
+        a, b = getattr(on_true, f.name), getattr(on_false, f.name)
+        values[f.name] = b if f.name == "canvas" else jnp.where(pred, a, b)
+    return on_false.replace(**values)
+
+
+_PICTURES: dict[tuple[type, int], Picture] = {}
+
+
+class CardEnv(environment.Environment):
+    """Base class: subclasses define the rules (`_reset_logic`, `_step_logic`) and the picture.
+
+    Args:
+      image_size: side of the square RGB uint8 picture (default 300, the original's size).
+      final_observation: also return the pre-reset picture of a finished episode in
+        `info["final_observation"]` (costs a second picture update on every step; off by default).
+    """
+
+    task: str = ""
+    action_strings: tuple[str, ...] = ()
+    smallest_font: float = 0.0  # smallest design-size font of the layout (for the legibility check)
+
+    def __init__(self, image_size: int = 300, final_observation: bool = False):
+        key = (type(self), image_size)
+        if key not in _PICTURES:  # painting every variant takes a moment: once per task and size
+            _PICTURES[key] = self._build_picture(image_size)
+        self.picture = _PICTURES[key]
+        self.image_size = self.picture.size
+        self.final_observation = bool(final_observation)
+
+    # ------------------------------------------------------------------------- subclass hooks
+    def _build_picture(self, size: int) -> Picture:
+        raise NotImplementedError
+
+    def _reset_logic(self, key: jax.Array, params, canvas: jax.Array) -> CardEnvState:
+        raise NotImplementedError
+
+    def _step_logic(self, key, state, action, params):
+        """Returns (next_state, reward, terminated, truncated) without touching the picture."""
+        raise NotImplementedError
+
+    def region_variants(self, state) -> dict[str, jax.Array]:
+        """Which variant each picture region shows in `state` (jittable)."""
+        raise NotImplementedError
+
+    def oracle_action(self, key: jax.Array, state, params=None) -> jax.Array:
+        """A strong (for NumberLine/EZPoints optimal) policy, jittable and vmappable."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------- picture
+    def reference_picture(self, state) -> np.ndarray:
+        """The host painter's picture of a (single, unbatched) state: what the device must draw."""
+        variants = jax.device_get(self.region_variants(state))
+        return self.picture.paint({k: int(v) for k, v in variants.items()})
+
+    # ------------------------------------------------------------------------- gymnax API
+    @property
+    def name(self) -> str:
+        return self.task
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_strings)
+
+    def action_space(self, params=None) -> spaces.Discrete:
+        return spaces.Discrete(self.num_actions)
+
+    def observation_space(self, params=None) -> spaces.Box:
+        s = self.image_size
+        return spaces.Box(0, 255, (s, s, 3), jnp.uint8)
+
+    def reset_env(self, key, params):
+        state = self._reset_logic(key, params, jnp.asarray(self.picture.background))
+        state = state.replace(canvas=self.picture.draw(state.canvas, self.region_variants(state)))
+        return state.canvas, state
+
+    def step_env(self, key, state, action, params):
+        """One transition without auto-reset (the gymnax hook; `step` below is what users call)."""
+        nxt, reward, terminated, truncated = self._step_logic(key, state, action, params)
+        nxt = nxt.replace(canvas=self.picture.draw(state.canvas, self.region_variants(nxt)))
+        return nxt.canvas, nxt, reward, terminated, {"truncated": truncated}
+
+    def get_obs(self, state, params=None, key=None):
+        return state.canvas
+
+    def is_terminated(self, state, params) -> jax.Array:
+        raise NotImplementedError(f"{self.task} reports termination from step only")
+
+    def step(self, key, state, action, params=None):
+        """gymnax `step` (auto-reset; returns obs, state, reward, terminated, truncated, info).
+
+        Concrete actions outside the action space raise ValueError here. Inside `jit`/`vmap` an
+        out-of-range action cannot raise: that environment keeps its state, gets a NaN reward
+        (which poisons any return or loss computed from it) and `info["bad_action"]` is True.
+        """
+        if not isinstance(action, jax.core.Tracer):
+            a = np.asarray(action)
+            if not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"{self.task}: actions must be integers, got dtype {a.dtype}")
+            if a.size and (a.min() < 0 or a.max() >= self.num_actions):
+                raise ValueError(
+                    f"{self.task}: action {a.tolist()} is outside the action space "
+                    f"0..{self.num_actions - 1} ({', '.join(self.action_strings)})"
+                )
+        return self._step(key, state, action, params)
+
+    @functools.partial(jax.jit, static_argnames=("self",))
+    def _step(self, key, state, action, params=None):
+        if params is None:
+            params = self.default_params
+        key_step, key_reset = jax.random.split(key)
+        action = jnp.asarray(action)
+        bad = (action < 0) | (action >= self.num_actions)
+        action = jnp.clip(action, 0, self.num_actions - 1).astype(jnp.int32)
+        stepped, reward, terminated, truncated = self._step_logic(key_step, state, action, params)
+        stepped = select_logic(bad, state, stepped)
+        reward = jnp.where(bad, jnp.nan, reward).astype(jnp.float32)
+        terminated = terminated & ~bad
+        truncated = truncated & ~terminated & ~bad
+        done = terminated | truncated
+        fresh = self._reset_logic(key_reset, params, state.canvas)
+        nxt = select_logic(done, fresh, stepped)
+        info: dict[str, Any] = {"terminated": terminated, "truncated": truncated, "bad_action": bad}
+        if self.final_observation:
+            info["final_observation"] = self.picture.draw(
+                state.canvas, self.region_variants(stepped)
+            )
+        canvas = self.picture.draw(state.canvas, self.region_variants(nxt))
+        nxt = nxt.replace(canvas=canvas)
+        return canvas, nxt, reward, terminated, truncated, info

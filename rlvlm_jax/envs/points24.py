@@ -1,0 +1,92 @@
+"""Points24: make 24 from four cards with + - * / and parentheses, judged exactly."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvlm_jax.envs import formula as F
+from rlvlm_jax.envs.formula_env import (
+    FormulaEnv,
+    FormulaState,
+    card_of,
+    card_slot_variants,
+    paint_formula_slots,
+)
+from rlvlm_jax.envs.render import FELT, WHITE, Layout, Picture, card_face, new_canvas, paste
+
+CARD_W, CARD_H = 67, 93
+SLOT_COLS, SLOT_W, SLOT_ROW_H = 7, 40, 34
+
+
+class Points24(FormulaEnv):
+    """Actions 0..9 are the numbers 1..10, then "+", "-", "*", "/", "(", ")", "=".
+
+    Deliberate difference from the original: "=" is judged with exact rational arithmetic, so
+    formulas such as 8/(3-8/3) count as 24 (the original's float division rejected them).
+    """
+
+    task = "Points24"
+    action_strings = tuple(str(v) for v in range(1, 11)) + ("+", "-", "*", "/", "(", ")", "=")
+    action_codes = tuple(range(1, 11)) + (F.PLUS, F.MINUS, F.TIMES, F.DIVIDE, F.LPAREN, F.RPAREN)
+    num_cards = 4
+    target = 24
+    max_tokens = 20
+    smallest_font = 22.0
+
+    def _build_picture(self, size: int) -> Picture:
+        lay = Layout(size, self.task, self.smallest_font)
+        w, h = lay.px(CARD_W), lay.px(CARD_H)
+
+        def paint(v):
+            img, draw = new_canvas(size, FELT)
+            for i in range(4):
+                paste(img, card_face(*card_of(v[f"card{i}"]), w, h), lay.px(6 + 73 * i), lay.px(58))
+            draw.text((lay.px(10), lay.px(162)), "Formula:", font=lay.font(24), fill=WHITE)
+            paint_formula_slots(
+                draw, lay, v, self.max_tokens, (10, 196), SLOT_COLS, SLOT_W, SLOT_ROW_H, 22
+            )
+            return np.asarray(img)
+
+        return Picture(size, paint, card_slot_variants(4, self.max_tokens))
+
+    def _reset_logic(self, key, params, canvas):
+        k_rank, k_suit = jax.random.split(key)
+        ranks = jax.random.randint(k_rank, (4,), 1, 14)
+        suits = jax.random.randint(k_suit, (4,), 0, 4)
+        formula, length = self._empty_formula()
+        return FormulaState(
+            time=jnp.int32(0),
+            canvas=canvas,
+            ranks=ranks,
+            suits=suits,
+            formula=formula,
+            length=length,
+        )
+
+    def solution_actions(self, state):
+        values = jnp.sort(self.card_values(state))
+        index = jnp.sum((values - 1) * jnp.array([1000, 100, 10, 1]))
+        table, solvable = _solution_table(self.max_tokens + 1, self.equals_action)
+        return jnp.asarray(table)[index], jnp.asarray(solvable)[index]
+
+
+@functools.cache
+def _solution_table(width: int, equals_action: int) -> tuple[np.ndarray, np.ndarray]:
+    """Action ids of one exact solution per sorted hand (indexed by its values in base 10)."""
+    from rlvlm_jax.envs.solvers import points24_solution_table
+
+    strings = Points24.action_strings
+    table = np.full((10_000, width), equals_action, np.int32)
+    solvable = np.zeros((10_000,), bool)
+    for hand, tokens in points24_solution_table().items():
+        if tokens is None:
+            continue
+        index = sum((v - 1) * 10 ** (3 - i) for i, v in enumerate(sorted(hand)))
+        assert len(tokens) < width, tokens
+        table[index, : len(tokens)] = [strings.index(t) for t in tokens]
+        solvable[index] = True
+    return table, solvable
