@@ -1,0 +1,1 @@
+"""LLaVA-style vision-language model in Flax NNX: CLIP tower, projector, LLaMA/Mistral decoder."""

@@ -1,0 +1,235 @@
+"""LLaMA-family decoder (LLaMA/Vicuna, Mistral) with stacked, scanned layers and a KV cache.
+
+Layers are stored stacked (leading layer axis) and applied with `lax.scan`, so a 32-layer model
+compiles as fast as a 2-layer one and the KV cache is one array updated in place. Three modes share
+one layer function: `forward` (training/scoring, no cache), `prefill` (forward that also fills the
+cache) and `decode` (one new token per row against the cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlvlm_jax.models.common import param
+
+_MASKED = float(jnp.finfo(jnp.float32).min)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Shape and numerics of the decoder; field names follow our code, not transformers'."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = None  # Mistral: attend to at most this many most recent slots
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    family: str = "llama"  # "llama" or "mistral": only used to name the architecture on export
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    def validate(self) -> None:
+        """Raise a readable error for shapes that cannot work (before anything is compiled)."""
+        if self.num_heads <= 0 or self.num_kv_heads <= 0:
+            raise ValueError(f"TextConfig: heads must be positive, got {self.num_heads}, "
+                             f"{self.num_kv_heads}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"TextConfig: hidden_size {self.hidden_size} is not divisible by "
+                             f"num_heads {self.num_heads} (set head_dim explicitly)")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"TextConfig: num_heads {self.num_heads} is not divisible by "
+                             f"num_kv_heads {self.num_kv_heads} (grouped-query attention)")
+        if self.dim_per_head % 2:
+            raise ValueError(f"TextConfig: head dim {self.dim_per_head} must be even for RoPE")
+        if self.family not in ("llama", "mistral"):
+            raise ValueError(f"TextConfig: unknown family {self.family!r}")
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm as LLaMA does it: normalise in float32, cast back, then scale."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, half-split layout (transformers' `rotate_half`). x: (B, S, H, D)."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, S, D/2)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q (B,S,H,D), k/v (B,C,K,D), mask (B,S,C) bool -> (B,S,H,D).
+
+    Scores and softmax are float32 whatever the compute dtype; fully masked rows (left padding)
+    get a finite minimum instead of -inf so they stay NaN-free.
+    """
+    b, s, h, d = q.shape
+    kh = k.shape[2]
+    q = q.reshape(b, s, kh, h // kh, d)
+    scores = jnp.einsum("bskgd,bckd->bkgsc", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgsc,bckd->bskgd", probs, v)
+    return out.reshape(b, s, h, d)
+
+
+def causal_mask(pad_mask: jax.Array, query_slots: jax.Array, window: int | None) -> jax.Array:
+    """Attention mask (B, S, C): key slot is a real token, not in the future, inside the window.
+
+    `pad_mask` (B, C) marks real tokens among key slots; `query_slots` (S,) are the slot indices
+    of the queries. Windows count slots, exactly as transformers' sliding-window mask does.
+    """
+    key_slots = jnp.arange(pad_mask.shape[1])
+    allowed = key_slots[None, :] <= query_slots[:, None]
+    if window is not None:
+        allowed &= key_slots[None, :] > query_slots[:, None] - window
+    return allowed[None] & pad_mask[:, None, :].astype(bool)
+
+
+# Names of the stacked per-layer parameters, in the order the scan body reads them.
+LAYER_PARAMS = ("attn_norm", "q_proj", "k_proj", "v_proj", "o_proj",
+                "mlp_norm", "gate_proj", "up_proj", "down_proj")
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' weights, stacked on a leading layer axis."""
+
+    def __init__(self, cfg: TextConfig, *, param_dtype, rngs: nnx.Rngs):
+        n, d, f = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        h, k, hd = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+        p = lambda shape, kind="normal": param(rngs, shape, param_dtype, kind)
+        self.attn_norm = p((n, d), "ones")
+        self.q_proj = p((n, d, h, hd))
+        self.k_proj = p((n, d, k, hd))
+        self.v_proj = p((n, d, k, hd))
+        self.o_proj = p((n, h, hd, d))
+        self.mlp_norm = p((n, d), "ones")
+        self.gate_proj = p((n, d, f))
+        self.up_proj = p((n, d, f))
+        self.down_proj = p((n, f, d))
+
+    def stacked(self) -> dict[str, jax.Array]:
+        return {name: getattr(self, name)[...] for name in LAYER_PARAMS}
+
+
+def _layer(cfg: TextConfig, p: dict, x: jax.Array, positions: jax.Array, dtype):
+    """Pre-norm attention projections of one layer: returns (q, k, v) with RoPE applied."""
+    w = {name: a.astype(dtype) for name, a in p.items()}
+    hs = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    q = rope(jnp.einsum("bsd,dhk->bshk", hs, w["q_proj"]), positions, cfg.rope_theta)
+    k = rope(jnp.einsum("bsd,dhk->bshk", hs, w["k_proj"]), positions, cfg.rope_theta)
+    v = jnp.einsum("bsd,dhk->bshk", hs, w["v_proj"])
+    return w, q, k, v
+
+
+def _finish_layer(cfg: TextConfig, w: dict, x: jax.Array, attn: jax.Array) -> jax.Array:
+    """Attention output projection, residual, SwiGLU MLP, residual."""
+    x = x + jnp.einsum("bshk,hkd->bsd", attn, w["o_proj"])
+    hs = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+    mlp = jax.nn.silu(hs @ w["gate_proj"]) * (hs @ w["up_proj"])
+    return x + mlp @ w["down_proj"]
+
+
+class Decoder(nnx.Module):
+    """Token embedding, stacked decoder layers, final RMSNorm and LM head (or tied embedding)."""
+
+    def __init__(self, cfg: TextConfig, *, param_dtype=jnp.float32, dtype=jnp.float32,
+                 remat: bool = False, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg = cfg
+        self.dtype = dtype
+        self.remat = remat
+        self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype)
+        self.layers = DecoderLayers(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.final_norm = param(rngs, (cfg.hidden_size,), param_dtype, "ones")
+        if not cfg.tie_embeddings:
+            self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype)
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-normed hidden -> float32 logits (matmul in compute dtype, f32 accumulation)."""
+        if self.cfg.tie_embeddings:
+            w = self.embed[...].astype(self.dtype).T
+        else:
+            w = self.lm_head[...].astype(self.dtype)
+        return jnp.matmul(hidden, w, preferred_element_type=jnp.float32)
+
+    def _scan(self, body, carry, xs):
+        if self.remat:
+            body = jax.checkpoint(body)
+        return jax.lax.scan(body, carry, xs)
+
+    def forward(self, x: jax.Array, positions: jax.Array, pad_mask: jax.Array,
+                cache: dict | None = None) -> tuple[jax.Array, dict | None]:
+        """Full-sequence pass. x (B,S,D) embeddings, positions (B,S), pad_mask (B,S).
+
+        With `cache` (dict k, v of shape (L,B,C,K,D)), also writes this sequence's keys and values
+        into slots [0, S) of the cache (prefill) and returns the updated cache.
+        """
+        cfg, dtype = self.cfg, self.dtype
+        s = x.shape[1]
+        mask = causal_mask(pad_mask, jnp.arange(s), cfg.sliding_window)
+
+        def body(carry, p):
+            x, i, kc, vc = carry
+            w, q, k, v = _layer(cfg, p, x, positions, dtype)
+            x = _finish_layer(cfg, w, x, attention(q, k, v, mask))
+            if kc is not None:
+                kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), (i, 0, 0, 0, 0))
+                vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), (i, 0, 0, 0, 0))
+            return (x, i + 1, kc, vc), None
+
+        kc = None if cache is None else cache["k"]
+        vc = None if cache is None else cache["v"]
+        (x, _, kc, vc), _ = self._scan(body, (x.astype(dtype), jnp.int32(0), kc, vc),
+                                          self.layers.stacked())
+        x = rms_norm(x, self.final_norm[...].astype(dtype), cfg.rms_norm_eps)
+        return x, (None if cache is None else {"k": kc, "v": vc})
+
+    def decode(self, x: jax.Array, positions: jax.Array, kv_mask: jax.Array, cache: dict,
+               index: jax.Array) -> tuple[jax.Array, dict]:
+        """One new token per row at cache slot `index`. x (B,1,D), positions (B,1),
+        kv_mask (B,C) marks filled slots (the new slot included)."""
+        cfg, dtype = self.cfg, self.dtype
+        mask = causal_mask(kv_mask, index[None], cfg.sliding_window)
+
+        def body(carry, p):
+            x, i, kc, vc = carry
+            w, q, k, v = _layer(cfg, p, x, positions, dtype)
+            kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), (i, 0, index, 0, 0))
+            vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), (i, 0, index, 0, 0))
+            attn = attention(q, kc[i].astype(dtype), vc[i].astype(dtype), mask)
+            return (_finish_layer(cfg, w, x, attn), i + 1, kc, vc), None
+
+        carry = (x.astype(dtype), jnp.int32(0), cache["k"], cache["v"])
+        (x, _, kc, vc), _ = jax.lax.scan(body, carry, self.layers.stacked())
+        x = rms_norm(x, self.final_norm[...].astype(dtype), cfg.rms_norm_eps)
+        return x, {"k": kc, "v": vc}
+
+
+def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
+    """Zeroed KV cache: k and v of shape (layers, batch, length, kv_heads, head_dim)."""
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
