@@ -11,8 +11,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from rlvlm_jax.models.common import param
+from rlvlm_jax.sharding import BATCH, constrain
+
+_RESIDUAL = P(BATCH, None, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +138,7 @@ class VisionTower(nnx.Module):
         cls = jnp.broadcast_to(self.class_embed[...].astype(dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(dtype)[None]
         x = layer_norm(x, self.pre_norm_scale[...], self.pre_norm_bias[...], cfg.layer_norm_eps)
+        x = constrain(x, _RESIDUAL)
 
         num = self.hidden_index(feature_layer)
         if num == 0:
@@ -152,8 +157,8 @@ class VisionTower(nnx.Module):
             attn = jnp.einsum("bhqs,bshk->bqhk", probs, v)
             x = x + jnp.einsum("bshk,hkd->bsd", attn, w["o_proj"]) + w["o_bias"]
             hs = layer_norm(x, w["norm2_scale"], w["norm2_bias"], eps)
-            hs = act(hs @ w["fc1"] + w["fc1_bias"]) @ w["fc2"] + w["fc2_bias"]
-            return x + hs, None
+            hs = constrain(act(hs @ w["fc1"] + w["fc1_bias"]), P(BATCH, None, "tensor"))
+            return constrain(x + hs @ w["fc2"] + w["fc2_bias"], _RESIDUAL), None
 
         if self.remat:
             body = jax.checkpoint(body)

@@ -13,8 +13,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from rlvlm_jax.models.common import param
+from rlvlm_jax.sharding import BATCH, constrain
+
+_RESIDUAL = P(BATCH, None, None)  # (B, S, D): batch split, width whole
+_HEADS = P(BATCH, None, "tensor", None)  # (B, S, H, hd): heads on the tensor axis
+_HIDDEN = P(BATCH, None, "tensor")  # (B, S, F) MLP hidden / (B, S, V) logits
 
 _MASKED = float(jnp.finfo(jnp.float32).min)
 
@@ -139,15 +145,15 @@ def _layer(cfg: TextConfig, p: dict, x: jax.Array, positions: jax.Array, dtype):
     q = rope(jnp.einsum("bsd,dhk->bshk", hs, w["q_proj"]), positions, cfg.rope_theta)
     k = rope(jnp.einsum("bsd,dhk->bshk", hs, w["k_proj"]), positions, cfg.rope_theta)
     v = jnp.einsum("bsd,dhk->bshk", hs, w["v_proj"])
-    return w, q, k, v
+    return w, constrain(q, _HEADS), constrain(k, _HEADS), constrain(v, _HEADS)
 
 
 def _finish_layer(cfg: TextConfig, w: dict, x: jax.Array, attn: jax.Array) -> jax.Array:
     """Attention output projection, residual, SwiGLU MLP, residual."""
-    x = x + jnp.einsum("bshk,hkd->bsd", attn, w["o_proj"])
+    x = constrain(x + jnp.einsum("bshk,hkd->bsd", attn, w["o_proj"]), _RESIDUAL)
     hs = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-    mlp = jax.nn.silu(hs @ w["gate_proj"]) * (hs @ w["up_proj"])
-    return x + mlp @ w["down_proj"]
+    mlp = constrain(jax.nn.silu(hs @ w["gate_proj"]) * (hs @ w["up_proj"]), _HIDDEN)
+    return constrain(x + mlp @ w["down_proj"], _RESIDUAL)
 
 
 class Decoder(nnx.Module):
@@ -166,7 +172,8 @@ class Decoder(nnx.Module):
             self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        return constrain(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype),
+                         _RESIDUAL)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final-normed hidden -> float32 logits (matmul in compute dtype, f32 accumulation)."""
@@ -174,7 +181,8 @@ class Decoder(nnx.Module):
             w = self.embed[...].astype(self.dtype).T
         else:
             w = self.lm_head[...].astype(self.dtype)
-        return jnp.matmul(hidden, w, preferred_element_type=jnp.float32)
+        logits = jnp.matmul(hidden, w, preferred_element_type=jnp.float32)
+        return constrain(logits, P(BATCH, *[None] * (logits.ndim - 2), "tensor"))
 
     def _scan(self, body, carry, xs):
         if self.remat:

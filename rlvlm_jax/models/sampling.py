@@ -13,6 +13,7 @@ temperature; greedy decoding (temperature 0) reports them at temperature 1.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from typing import NamedTuple
 
@@ -204,6 +205,11 @@ class Sampler:
         model = nnx.merge(self.graphdef, params)
         return decode(model, state, cache, cfg=self.sampling)
 
+    def _mesh_context(self):
+        if self.shardings is None:
+            return contextlib.nullcontext()
+        return jax.set_mesh(self.shardings.mesh)
+
     def init_cache(self, params, batch: int, prompt_len: int) -> dict:
         """A cache for prompts of `prompt_len` tokens plus max_new_tokens (model's dtype)."""
         dtype = self.sampling.cache_dtype or nnx.merge(self.graphdef, params).dtype
@@ -241,7 +247,8 @@ class Sampler:
             cache = self.init_cache(params, *np.shape(input_ids))
         knobs = make_knobs(temperature, self.sampling.top_k if top_k is None else top_k, top_p,
                            self.sampling.eos_ids if eos_ids is None else eos_ids)
-        state, cache = self._prefill(params, input_ids, attention_mask, images, cache, rng,
-                                     knobs)
-        state, cache = self._decode(params, state, cache)
+        with self._mesh_context():
+            state, cache = self._prefill(params, input_ids, attention_mask, images, cache, rng,
+                                         knobs)
+            state, cache = self._decode(params, state, cache)
         return SampleOutput(state.tokens, state.lengths, state.logprobs, state.step), cache

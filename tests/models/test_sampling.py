@@ -11,6 +11,7 @@ from rlvlm_jax.models.llava import abstract_model
 from rlvlm_jax.models.sampling import Sampler, SamplingConfig
 from rlvlm_jax.models.scoring import make_scorer
 from tests.models import hf_reference as ref
+from tests.models.compiles import count_compiles
 
 T = 24
 SPECS = [ref.Spec(text="llama", heads=4, kv_heads=2, feature_layer=-2, seed=1),
@@ -118,13 +119,16 @@ def test_decode_does_not_recompile(llama):
     """New prompts, images, key, temperature, top-k, top-p and EOS ids: no new compilation."""
     s = llama
     sampler = Sampler(s.graphdef, s.cfg, SamplingConfig(max_new_tokens=8, pad_id=0))
-    first = _sample(s, sampler, key=0, temperature=1.0)
+    with count_compiles() as first_compiles:
+        first = _sample(s, sampler, key=0, temperature=1.0)
     counts = dict(sampler.trace_counts)
     ids = np.where(s.ids == ref.IMAGE_TOKEN, ref.IMAGE_TOKEN, (s.ids * 7) % 90 + 3)
     ids = np.where(s.mask == 1, ids, 0).astype(np.int32)
-    second = _sample(s, sampler, key=5, temperature=0.3, top_p=0.8, top_k=5, eos_ids=(7, 9),
-                     ids=ids, images=s.images[::-1].copy())
+    with count_compiles() as second_compiles:
+        second = _sample(s, sampler, key=5, temperature=0.3, top_p=0.8, top_k=5,
+                         eos_ids=(7, 9), ids=ids, images=s.images[::-1].copy())
     assert not np.array_equal(first.tokens, second.tokens)
+    assert len(first_compiles) >= 2 and not second_compiles  # the counter sees compiles
     assert dict(sampler.trace_counts) == counts == {"prefill": 1, "decode": 1}
     assert sampler._decode._cache_size() == 1 and sampler._prefill._cache_size() == 1
 

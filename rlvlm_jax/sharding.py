@@ -1,0 +1,200 @@
+"""The device mesh and THE table of partition rules.
+
+One mesh with three named axes:
+    data    pure data parallelism (params replicated along it)
+    fsdp    data parallelism with params (and optimizer state) sharded along it (ZeRO-3 style)
+    tensor  Megatron-style tensor parallelism: attention heads, MLP hidden units, vocabulary
+The batch is split over (data, fsdp). Every parameter path must match a rule in PARAM_RULES;
+a parameter no rule covers is an error, so a new parameter cannot silently end up replicated.
+
+Compiled functions get explicit in/out shardings from `Shardings`; inside them the model
+constrains activations through `constrain`, which is a no-op when no mesh is set (single device).
+Mixed precision: build the graph with `dtype=jnp.bfloat16` and keep float32 params (the master
+copy); weights are cast per use, gradients come back in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
+
+# (regex searched in the "/"-joined param path, PartitionSpec). First match wins. Stacked layer
+# weights have a leading layer axis (None). Shapes: see clip.py / llama.py / llava.py.
+PARAM_RULES: tuple[tuple[str, P], ...] = (
+    # CLIP vision tower
+    (r"^vision/patch_embed$", P(None, None, None, "fsdp")),  # (p, p, C, D)
+    (r"^vision/pos_embed$", P(None, "fsdp")),  # (N + 1, D)
+    (r"^vision/layers/[qkv]_proj$", P(None, "fsdp", "tensor", None)),  # (L, D, H, hd)
+    (r"^vision/layers/[qkv]_bias$", P(None, "tensor", None)),  # (L, H, hd)
+    (r"^vision/layers/o_proj$", P(None, "tensor", None, "fsdp")),  # (L, H, hd, D)
+    (r"^vision/layers/fc1$", P(None, "fsdp", "tensor")),  # (L, D, F)
+    (r"^vision/layers/fc1_bias$", P(None, "tensor")),  # (L, F)
+    (r"^vision/layers/fc2$", P(None, "tensor", "fsdp")),  # (L, F, D)
+    # projector
+    (r"^projector/linear_1$", P("fsdp", "tensor")),  # (Dv, Dt)
+    (r"^projector/linear_1_bias$", P("tensor")),  # (Dt,)
+    (r"^projector/linear_2$", P("tensor", "fsdp")),  # (Dt, Dt)
+    # LLaMA / Mistral decoder
+    (r"^text/embed$", P("tensor", "fsdp")),  # (V, D)
+    (r"^text/lm_head$", P("fsdp", "tensor")),  # (D, V)
+    (r"^text/layers/[qkv]_proj$", P(None, "fsdp", "tensor", None)),  # (L, D, H or K, hd)
+    (r"^text/layers/o_proj$", P(None, "tensor", None, "fsdp")),  # (L, H, hd, D)
+    (r"^text/layers/(gate|up)_proj$", P(None, "fsdp", "tensor")),  # (L, D, F)
+    (r"^text/layers/down_proj$", P(None, "tensor", "fsdp")),  # (L, F, D)
+    # value head (small MLP): replicated
+    (r"(^|/)(kernel|bias)_\d+$", P()),
+    # norm scales, biases of width D, the class token: small vectors, replicated
+    (r"(norm\w*|_bias|class_embed)$", P()),
+)
+
+CACHE_SPEC = P(None, BATCH, None, "tensor", None)  # KV cache (L, B, C, K, hd)
+
+
+class ShardingError(ValueError):
+    """A mesh that does not fit the devices, the params or the batch."""
+
+
+def make_mesh(shape: tuple[int, int, int] | None = None, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axes (classic GSPMD propagation).
+
+    `jax.make_mesh` now defaults to Explicit axes, which changes how every jitted function
+    types its values; we build `Mesh` directly with AxisType.Auto instead.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = (len(devices), 1, 1) if shape is None else tuple(shape)
+    if len(shape) != len(AXES) or any(int(s) < 1 for s in shape):
+        raise ShardingError(f"mesh shape must be 3 positive sizes for {AXES}, got {shape}")
+    if math.prod(shape) != len(devices):
+        raise ShardingError(f"mesh {dict(zip(AXES, shape, strict=True))} needs "
+                            f"{math.prod(shape)} devices, but {len(devices)} are available")
+    return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def spec_for(path: str) -> P:
+    for pattern, spec in PARAM_RULES:
+        if re.search(pattern, path):
+            return spec
+    raise ShardingError(f"parameter {path!r} matches no rule in rlvlm_jax.sharding.PARAM_RULES")
+
+
+def param_specs(params) -> dict:
+    """The PartitionSpec of every parameter, by the rule table."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: spec_for(_path_str(p)), params)
+
+
+def _check_divides(name: str, shape, spec: P, mesh: Mesh) -> None:
+    for dim, axes in enumerate(spec):
+        if axes is None:
+            continue
+        axes = (axes,) if isinstance(axes, str) else axes
+        n = math.prod(mesh.shape[a] for a in axes)
+        if dim >= len(shape) or shape[dim] % n:
+            size = shape[dim] if dim < len(shape) else "missing"
+            raise ShardingError(f"{name}: dimension {dim} (size {size}) of shape {tuple(shape)} "
+                                f"is not divisible by mesh axes {axes} (size {n}); choose a mesh "
+                                f"that divides it")
+
+
+def param_shardings(params, mesh: Mesh) -> dict:
+    """NamedSharding per parameter; raises ShardingError if the mesh does not divide a dim."""
+
+    def one(path, leaf):
+        name = _path_str(path)
+        spec = spec_for(name)
+        _check_divides(f"parameter {name!r}", np.shape(leaf), spec, mesh)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def shard_params(params, mesh: Mesh):
+    """Place params on the mesh as the rule table says."""
+    return jax.device_put(params, param_shardings(params, mesh))
+
+
+def constrain(x: jax.Array, spec: P) -> jax.Array:
+    """with_sharding_constraint when a mesh is set (jax.set_mesh) and it divides x; else x."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    for dim, axes in enumerate(spec):
+        if axes is None:
+            continue
+        axes = (axes,) if isinstance(axes, str) else axes
+        if x.shape[dim] % math.prod(mesh.shape[a] for a in axes):
+            return x  # e.g. a batch of 1 on a data-parallel mesh: let the compiler decide
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+class Shardings:
+    """Shardings of everything the compiled model functions take and return, for one mesh."""
+
+    def __init__(self, mesh: Mesh, params):
+        self.mesh = mesh
+        self.params = param_shardings(params, mesh)
+        self.replicated = NamedSharding(mesh, P())
+        self.batch = NamedSharding(mesh, P(BATCH))  # leading batch dim; any rank
+
+    @property
+    def batch_divisor(self) -> int:
+        return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+    def check_batch(self, batch: int) -> None:
+        if batch % self.batch_divisor:
+            raise ShardingError(f"batch {batch} is not divisible by data x fsdp = "
+                                f"{self.batch_divisor} on mesh {dict(self.mesh.shape)}")
+
+    def cache_sharding(self, cache):
+        def one(x):
+            _check_divides("KV cache", x.shape, CACHE_SPEC, self.mesh)
+            return NamedSharding(self.mesh, CACHE_SPEC)
+
+        return jax.tree.map(one, cache)
+
+    def sampler_jit_kwargs(self) -> dict:
+        """in/out shardings for Sampler's prefill(params, ids, mask, images, cache, rng, knobs)
+        and decode(params, state, cache)."""
+        from rlvlm_jax.models.sampling import DecodeState, Knobs
+
+        rep, bat = self.replicated, self.batch
+        cache = NamedSharding(self.mesh, CACHE_SPEC)
+        knobs = Knobs(rep, rep, rep, rep)
+        state = DecodeState(tokens=bat, logprobs=bat, done=bat, lengths=bat, step=rep,
+                            kv_mask=bat, prompt_len=bat, rng=rep, knobs=knobs)
+        return {
+            "prefill": dict(in_shardings=(self.params, bat, bat, bat, cache, rep, knobs),
+                            out_shardings=(state, cache)),
+            "decode": dict(in_shardings=(self.params, state, cache),
+                           out_shardings=(state, cache)),
+        }
+
+    def jit(self, fn, args: str, out_shardings=None, **kwargs):
+        """jax.jit with explicit shardings, called under this mesh (so `constrain` applies).
+
+        `args` has one letter per positional argument of `fn`: "p" params (by the rule table),
+        "b" split on its leading batch dim, "r" replicated. `out_shardings` defaults to letting
+        the compiler choose. The jitted function is `wrapper.jitted`.
+        """
+        table = {"p": self.params, "b": self.batch, "r": self.replicated}
+        jitted = jax.jit(fn, in_shardings=tuple(table[c] for c in args),
+                         out_shardings=out_shardings, **kwargs)
+        mesh = self.mesh
+
+        def call(*a):
+            with jax.set_mesh(mesh):
+                return jitted(*a)
+
+        call.jitted = jitted
+        return call
