@@ -1,0 +1,133 @@
+"""Tokenizers: load any transformers tokenizer from a local directory, build the project's tiny
+card-task tokenizer, and encode LLaVA prompts into left-padded ids with the image placeholders
+expanded (static shapes for the compiled model).
+
+    python -m rlvlm_jax.text.tokenizer build OUT_DIR [--vocab-size 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+IMAGE_TOKEN = "<image>"
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN)  # ids 0..4 in the card tokenizer
+
+
+def load_tokenizer(path: str):
+    """AutoTokenizer from a local directory only (never the hub); left padding for generation."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def card_task_corpus(num_states: int = 300, seed: int = 0) -> list[str]:
+    """Prompts and chain-of-thought demonstrations of the four card tasks (the text the policy
+    reads and writes), over random states."""
+    from rlvlm_jax.envs import demos, prompts
+
+    rng = random.Random(seed)
+    texts = []
+    for name in prompts.TASKS:
+        texts += [prompts.full_prompt(name, None, cot) for cot in (True, False)]
+
+    def demo(task, **state):
+        try:
+            texts.append(demos.cot_demonstration(task, **state))
+        except ValueError:  # a state the task never reaches (e.g. already at the goal)
+            pass
+
+    for _ in range(num_states):
+        demo("NumberLine", position=rng.randint(0, 5), goal=rng.randint(0, 5))
+        total = rng.randint(4, 21)
+        demo("Blackjack", player_sum=total, usable_ace=total >= 12 and rng.random() < 0.3,
+             dealer_up_value=rng.randint(1, 10))
+        for name, n, ops in (("EZPoints", 2, "+*"), ("Points24", 4, "+-*/()")):
+            formula = [rng.choice([str(rng.randint(1, 10)), rng.choice(ops)])
+                       for _ in range(rng.randint(0, 3))]
+            texts.append(prompts.full_prompt(name, formula, True))
+            demo(name, cards=[rng.randint(1, 13) for _ in range(n)], formula=formula)
+    return texts
+
+
+def build_card_tokenizer(out_dir: str, vocab_size: int = 2048,
+                         corpus: Iterable[str] | None = None):
+    """Train a byte-level BPE on the card-task corpus and save it as a transformers tokenizer.
+
+    Ids: <pad> 0, <s> 1, </s> 2, <unk> 3, <image> 4, then the 256 byte symbols and merges, at
+    most `vocab_size` in all (the templated corpus saturates near 1.3k; a model's vocabulary may
+    be larger, as LLaVA's is). Byte-level, so any text encodes and every token maps to exact
+    bytes. `<s>` is prepended like LLaMA's tokenizer does.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(card_task_corpus() if corpus is None else corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>",
+                                   extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   padding_side="left")
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def model_token_ids(tokenizer) -> dict[str, int]:
+    """LlavaConfig fields a tokenizer fixes: `dataclasses.replace(cfg, **model_token_ids(t))`."""
+    return {"image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], num_image_tokens: int, length: int,
+                   image_token: str = IMAGE_TOKEN) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded (ids, mask) int32 of shape (B, length), each `<image>` expanded to
+    `num_image_tokens` placeholder ids. Raises if a prompt does not fit (before compiling)."""
+    image_id = tokenizer.convert_tokens_to_ids(image_token)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = np.full((len(texts), length), pad_id, np.int32)
+    mask = np.zeros((len(texts), length), np.int32)
+    for b, text in enumerate(texts):
+        row = []
+        for t in tokenizer(text)["input_ids"]:
+            row.extend([t] * num_image_tokens if t == image_id else [t])
+        if len(row) > length:
+            raise ValueError(f"prompt {b} is {len(row)} tokens (image expanded), longer than "
+                             f"the padded length {length}")
+        ids[b, length - len(row):] = row
+        mask[b, length - len(row):] = 1
+    return ids, mask
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rlvlm_jax.text.tokenizer",
+                                 description="Build the card-task tokenizer.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train and save the tiny card-task tokenizer")
+    b.add_argument("out_dir")
+    b.add_argument("--vocab-size", type=int, default=2048)
+    args = ap.parse_args(argv)
+    tok = build_card_tokenizer(args.out_dir, args.vocab_size)
+    print(f"wrote {args.out_dir}: {len(tok)} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
