@@ -19,7 +19,7 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from rlvlm_jax.envs.render import Picture
+from rlvlm_jax.envs.render import Picture, min_image_size
 
 
 @struct.dataclass
@@ -55,12 +55,19 @@ class CardEnv(environment.Environment):
     smallest_font: float = 0.0  # smallest design-size font of the layout (for the legibility check)
 
     def __init__(self, image_size: int = 300, final_observation: bool = False):
-        key = (type(self), image_size)
+        if not isinstance(image_size, int | np.integer) or isinstance(image_size, bool):
+            raise TypeError(f"image_size must be an int, got {image_size!r}")
+        key = (type(self), int(image_size))
         if key not in _PICTURES:  # painting every variant takes a moment: once per task and size
-            _PICTURES[key] = self._build_picture(image_size)
+            _PICTURES[key] = self._build_picture(int(image_size))
         self.picture = _PICTURES[key]
         self.image_size = self.picture.size
         self.final_observation = bool(final_observation)
+
+    @classmethod
+    def min_image_size(cls) -> int:
+        """The smallest `image_size` at which this task's text stays legible."""
+        return min_image_size(cls.smallest_font)
 
     # ------------------------------------------------------------------------- subclass hooks
     def _build_picture(self, size: int) -> Picture:

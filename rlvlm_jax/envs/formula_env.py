@@ -89,8 +89,12 @@ class FormulaEnv(CardEnv):
         length = state.length + append.astype(jnp.int32)
 
         ok, num, den = F.evaluate(state.formula, state.length)
-        numbers_used = jnp.sum(in_formula & (state.formula >= 1) & (state.formula <= 10))
-        success = ok & (den == 1) & (num == self.target) & (numbers_used == self.num_cards)
+        # Every card used, each exactly once: the formula's numbers are the cards' multiset.
+        numbers = jnp.arange(1, 11)[:, None]
+        in_cards = jnp.sum(values[None, :] == numbers, axis=1)
+        in_use = jnp.sum((state.formula[None, :] == numbers) & in_formula[None, :], axis=1)
+        all_used = jnp.all(in_cards == in_use)
+        success = ok & (den == 1) & (num == self.target) & all_used
         reward = jnp.where(
             over,
             -1.0,
