@@ -1,4 +1,4 @@
-"""Test-wide setup: 8 simulated CPU devices (must precede the first jax import) and no hub access."""
+"""Test-wide setup: 8 simulated CPU devices (set before jax is imported), no hub access."""
 
 import os
 

@@ -84,6 +84,11 @@ class CardEnv(environment.Environment):
         """Which variant each picture region shows in `state` (jittable)."""
         raise NotImplementedError
 
+    def text_fields(self, state) -> dict:
+        """Host-side description of one (unbatched) state for prompts and demonstrations
+        (`rlvlm_jax.envs.prompts`, `rlvlm_jax.envs.demos`)."""
+        raise NotImplementedError
+
     def oracle_action(self, key: jax.Array, state, params=None) -> jax.Array:
         """A strong (for NumberLine/EZPoints optimal) policy, jittable and vmappable."""
         raise NotImplementedError

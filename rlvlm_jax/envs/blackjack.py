@@ -168,6 +168,16 @@ class Blackjack(CardEnv):
     def player_value(self, state):
         return hand_value(state.player_sum, state.player_ace)
 
+    def text_fields(self, state):
+        value, usable = self.player_value(state)
+        shown = [int(r) for r in np.asarray(state.player_ranks) if r > 0]
+        return {
+            "player_sum": int(value),
+            "usable_ace": bool(usable),
+            "dealer_up_value": min(int(state.dealer_rank), 10),
+            "player_cards": shown,
+        }
+
     def oracle_action(self, key, state, params=None):
         """Basic strategy for hit/stand (infinite deck, dealer stands on soft 17)."""
         value, usable = self.player_value(state)

@@ -107,6 +107,20 @@ class FormulaEnv(CardEnv):
     def _empty_formula(self):
         return jnp.zeros((self.max_tokens + 1,), jnp.int32), jnp.int32(0)
 
+    def formula_tokens(self, state) -> list[str]:
+        """The formula as the env's token strings; a blank shows as " " (as in the original)."""
+        text = {
+            code: tok for code, tok in zip(self.action_codes, self.action_strings, strict=False)
+        }
+        codes = np.asarray(state.formula)[: int(state.length)]
+        return [text.get(int(c), " ") for c in codes]
+
+    def text_fields(self, state):
+        return {
+            "cards": [int(r) for r in np.asarray(state.ranks)],
+            "formula": self.formula_tokens(state),
+        }
+
     # ---------------------------------------------------------------------- oracle
     def solution_actions(self, state) -> tuple[jax.Array, jax.Array]:
         """(int32[max_tokens + 1] action ids of a solution followed by "=", solvable flag)."""

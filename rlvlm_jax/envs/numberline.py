@@ -74,5 +74,8 @@ class NumberLine(CardEnv):
         truncated = ~terminated & (time >= params.max_steps_in_episode)
         return state.replace(time=time, position=pos), reward, terminated, truncated
 
+    def text_fields(self, state):
+        return {"position": int(state.position), "goal": int(state.goal)}
+
     def oracle_action(self, key, state, params=None):
         return (state.goal > state.position).astype(jnp.int32)

@@ -1,0 +1,19 @@
+"""Environment demo: oracle and random play on every card task, pictures and text episodes.
+
+python -m rlvlm_jax.demo --config experiments/demo.py --workdir outputs/demo
+python -m rlvlm_jax.demo --config experiments/demo.py:Points24 --config.num_envs=256 ...
+"""
+
+import ml_collections
+
+ALL_TASKS = "NumberLine,EZPoints,Points24,Blackjack"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.tasks = arg or ALL_TASKS  # comma-separated task names
+    config.num_envs = 2048  # environments per policy and task, stepped together in one scan
+    config.steps = 24  # steps each environment plays (first-episode success is reported)
+    config.image_size = 300  # picture side in pixels (the original's 300x300)
+    config.seed = 0  # every random draw comes from this key
+    return config
