@@ -26,18 +26,18 @@ from jax.sharding import PartitionSpec as P
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
 
-# (regex searched in the "/"-joined param path, PartitionSpec). First match wins. Stacked layer
-# weights have a leading layer axis (None). Shapes: see clip.py / llama.py / llava.py.
+# (regex searched in the "/"-joined param path, PartitionSpec). First match wins. Per-layer
+# weights live at vision/layers/<i>/... and text/layers/<i>/... . Shapes: clip.py, llama.py.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     # CLIP vision tower
     (r"^vision/patch_embed$", P(None, None, None, "fsdp")),  # (p, p, C, D)
     (r"^vision/pos_embed$", P(None, "fsdp")),  # (N + 1, D)
-    (r"^vision/layers/[qkv]_proj$", P(None, "fsdp", "tensor", None)),  # (L, D, H, hd)
-    (r"^vision/layers/[qkv]_bias$", P(None, "tensor", None)),  # (L, H, hd)
-    (r"^vision/layers/o_proj$", P(None, "tensor", None, "fsdp")),  # (L, H, hd, D)
-    (r"^vision/layers/fc1$", P(None, "fsdp", "tensor")),  # (L, D, F)
-    (r"^vision/layers/fc1_bias$", P(None, "tensor")),  # (L, F)
-    (r"^vision/layers/fc2$", P(None, "tensor", "fsdp")),  # (L, F, D)
+    (r"^vision/layers/\d+/[qkv]_proj$", P("fsdp", "tensor", None)),  # (D, H, hd)
+    (r"^vision/layers/\d+/[qkv]_bias$", P("tensor", None)),  # (H, hd)
+    (r"^vision/layers/\d+/o_proj$", P("tensor", None, "fsdp")),  # (H, hd, D)
+    (r"^vision/layers/\d+/fc1$", P("fsdp", "tensor")),  # (D, F)
+    (r"^vision/layers/\d+/fc1_bias$", P("tensor")),  # (F,)
+    (r"^vision/layers/\d+/fc2$", P("tensor", "fsdp")),  # (F, D)
     # projector
     (r"^projector/linear_1$", P("fsdp", "tensor")),  # (Dv, Dt)
     (r"^projector/linear_1_bias$", P("tensor")),  # (Dt,)
@@ -45,17 +45,17 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
     # LLaMA / Mistral decoder
     (r"^text/embed$", P("tensor", "fsdp")),  # (V, D)
     (r"^text/lm_head$", P("fsdp", "tensor")),  # (D, V)
-    (r"^text/layers/[qkv]_proj$", P(None, "fsdp", "tensor", None)),  # (L, D, H or K, hd)
-    (r"^text/layers/o_proj$", P(None, "tensor", None, "fsdp")),  # (L, H, hd, D)
-    (r"^text/layers/(gate|up)_proj$", P(None, "fsdp", "tensor")),  # (L, D, F)
-    (r"^text/layers/down_proj$", P(None, "tensor", "fsdp")),  # (L, F, D)
+    (r"^text/layers/\d+/[qkv]_proj$", P("fsdp", "tensor", None)),  # (D, H or K, hd)
+    (r"^text/layers/\d+/o_proj$", P("tensor", None, "fsdp")),  # (H, hd, D)
+    (r"^text/layers/\d+/(gate|up)_proj$", P("fsdp", "tensor")),  # (D, F)
+    (r"^text/layers/\d+/down_proj$", P("tensor", "fsdp")),  # (F, D)
     # value head (small MLP): replicated
     (r"(^|/)(kernel|bias)_\d+$", P()),
     # norm scales, biases of width D, the class token: small vectors, replicated
     (r"(norm\w*|_bias|class_embed)$", P()),
 )
 
-CACHE_SPEC = P(None, BATCH, None, "tensor", None)  # KV cache (L, B, C, K, hd)
+CACHE_SPEC = P(BATCH, None, "tensor", None)  # each layer's K or V cache (B, C, K, hd)
 
 
 class ShardingError(ValueError):

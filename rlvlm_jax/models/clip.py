@@ -1,12 +1,13 @@
 """CLIP vision tower (pre-LayerNorm ViT with class token, learned positions, quick-GELU).
 
-Layers are stacked and scanned like the decoder's. LLaVA reads the hidden state after a chosen
-layer, so `__call__` runs only as many layers as that feature needs.
+LLaVA reads the hidden state after a chosen layer, so `__call__` runs only as many layers as that
+feature needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -70,30 +71,43 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
     return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
-LAYER_PARAMS = ("norm1_scale", "norm1_bias", "q_proj", "q_bias", "k_proj", "k_bias",
-                "v_proj", "v_bias", "o_proj", "o_bias", "norm2_scale", "norm2_bias",
-                "fc1", "fc1_bias", "fc2", "fc2_bias")
+class VisionLayer(nnx.Module):
+    """One pre-LayerNorm encoder block with biased projections and a (quick-)GELU MLP."""
 
-
-class VisionLayers(nnx.Module):
-    """All encoder layers' weights, stacked on a leading layer axis."""
+    NAMES = ("norm1_scale", "norm1_bias", "q_proj", "q_bias", "k_proj", "k_bias", "v_proj",
+             "v_bias", "o_proj", "o_bias", "norm2_scale", "norm2_bias", "fc1", "fc1_bias", "fc2",
+             "fc2_bias")
 
     def __init__(self, cfg: VisionConfig, *, param_dtype, rngs: nnx.Rngs):
-        n, d, f, h, hd = (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size,
-                          cfg.num_heads, cfg.head_dim)
+        d, f, h, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim
         p = lambda shape, kind="normal": param(rngs, shape, param_dtype, kind)
-        self.norm1_scale, self.norm1_bias = p((n, d), "ones"), p((n, d), "zeros")
-        self.q_proj, self.q_bias = p((n, d, h, hd)), p((n, h, hd), "zeros")
-        self.k_proj, self.k_bias = p((n, d, h, hd)), p((n, h, hd), "zeros")
-        self.v_proj, self.v_bias = p((n, d, h, hd)), p((n, h, hd), "zeros")
-        self.o_proj, self.o_bias = p((n, h, hd, d)), p((n, d), "zeros")
-        self.norm2_scale, self.norm2_bias = p((n, d), "ones"), p((n, d), "zeros")
-        self.fc1, self.fc1_bias = p((n, d, f)), p((n, f), "zeros")
-        self.fc2, self.fc2_bias = p((n, f, d)), p((n, d), "zeros")
+        self.norm1_scale, self.norm1_bias = p((d,), "ones"), p((d,), "zeros")
+        self.q_proj, self.q_bias = p((d, h, hd)), p((h, hd), "zeros")
+        self.k_proj, self.k_bias = p((d, h, hd)), p((h, hd), "zeros")
+        self.v_proj, self.v_bias = p((d, h, hd)), p((h, hd), "zeros")
+        self.o_proj, self.o_bias = p((h, hd, d)), p((d,), "zeros")
+        self.norm2_scale, self.norm2_bias = p((d,), "ones"), p((d,), "zeros")
+        self.fc1, self.fc1_bias = p((d, f)), p((f,), "zeros")
+        self.fc2, self.fc2_bias = p((f, d)), p((d,), "zeros")
 
-    def stacked(self, num: int) -> dict[str, jax.Array]:
-        """The first `num` layers' weights (static slice)."""
-        return {name: getattr(self, name)[...][:num] for name in LAYER_PARAMS}
+    def weights(self, dtype) -> dict[str, jax.Array]:
+        return {name: getattr(self, name)[...].astype(dtype) for name in self.NAMES}
+
+
+def encoder_block(cfg: VisionConfig, w: dict, x: jax.Array) -> jax.Array:
+    """One CLIP encoder layer (no mask: every patch sees every patch)."""
+    eps, act = cfg.layer_norm_eps, ACTIVATIONS[cfg.hidden_act]
+    hs = layer_norm(x, w["norm1_scale"], w["norm1_bias"], eps)
+    q = jnp.einsum("bsd,dhk->bshk", hs, w["q_proj"]) + w["q_bias"]
+    k = jnp.einsum("bsd,dhk->bshk", hs, w["k_proj"]) + w["k_bias"]
+    v = jnp.einsum("bsd,dhk->bshk", hs, w["v_proj"]) + w["v_bias"]
+    scores = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores * cfg.head_dim ** -0.5, axis=-1).astype(x.dtype)
+    attn = jnp.einsum("bhqs,bshk->bqhk", probs, v)
+    x = x + jnp.einsum("bshk,hkd->bsd", attn, w["o_proj"]) + w["o_bias"]
+    hs = layer_norm(x, w["norm2_scale"], w["norm2_bias"], eps)
+    hs = constrain(act(hs @ w["fc1"] + w["fc1_bias"]), P(BATCH, None, "tensor"))
+    return constrain(x + hs @ w["fc2"] + w["fc2_bias"], _RESIDUAL)
 
 
 class VisionTower(nnx.Module):
@@ -111,7 +125,8 @@ class VisionTower(nnx.Module):
         self.class_embed = p((d,))
         self.pos_embed = p((cfg.num_patches + 1, d))
         self.pre_norm_scale, self.pre_norm_bias = p((d,), "ones"), p((d,), "zeros")
-        self.layers = VisionLayers(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.layers = nnx.List([VisionLayer(cfg, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(cfg.num_layers)])
         # Unused by LLaVA (it reads per-layer hidden states); kept so checkpoints round-trip.
         self.post_norm_scale, self.post_norm_bias = p((d,), "ones"), p((d,), "zeros")
 
@@ -140,27 +155,9 @@ class VisionTower(nnx.Module):
         x = layer_norm(x, self.pre_norm_scale[...], self.pre_norm_bias[...], cfg.layer_norm_eps)
         x = constrain(x, _RESIDUAL)
 
-        num = self.hidden_index(feature_layer)
-        if num == 0:
-            return x
-        act = ACTIVATIONS[cfg.hidden_act]
-        eps = cfg.layer_norm_eps
-
-        def body(x, p):
-            w = {name: a.astype(dtype) for name, a in p.items()}
-            hs = layer_norm(x, w["norm1_scale"], w["norm1_bias"], eps)
-            q = jnp.einsum("bsd,dhk->bshk", hs, w["q_proj"]) + w["q_bias"]
-            k = jnp.einsum("bsd,dhk->bshk", hs, w["k_proj"]) + w["k_bias"]
-            v = jnp.einsum("bsd,dhk->bshk", hs, w["v_proj"]) + w["v_bias"]
-            scores = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)
-            probs = jax.nn.softmax(scores * cfg.head_dim ** -0.5, axis=-1).astype(dtype)
-            attn = jnp.einsum("bhqs,bshk->bqhk", probs, v)
-            x = x + jnp.einsum("bshk,hkd->bsd", attn, w["o_proj"]) + w["o_bias"]
-            hs = layer_norm(x, w["norm2_scale"], w["norm2_bias"], eps)
-            hs = constrain(act(hs @ w["fc1"] + w["fc1_bias"]), P(BATCH, None, "tensor"))
-            return constrain(x + hs @ w["fc2"] + w["fc2_bias"], _RESIDUAL), None
-
+        run = functools.partial(encoder_block, cfg)
         if self.remat:
-            body = jax.checkpoint(body)
-        x, _ = jax.lax.scan(body, x, self.layers.stacked(num))
+            run = jax.checkpoint(run)
+        for i in range(self.hidden_index(feature_layer)):
+            x = run(self.layers[i].weights(dtype), x)
         return x

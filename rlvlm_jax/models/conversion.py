@@ -34,7 +34,7 @@ OUR_PARAMS = "params.safetensors"
 
 # ---------------------------------------------------------------------------------------------
 # The mapping. One row per parameter: (our path, canonical HF key, transform, number of our
-# leading dims that form the HF "in" dim). "{i}" marks a stacked layer (our leading axis).
+# leading dims that form the HF "in" dim). Layer rows are repeated for every layer index.
 #   copy:   same shape
 #   vec:    HF 1-D bias -> our (heads, head_dim)
 #   linear: HF (out, in) weight -> transposed -> reshaped to our (in..., out...) shape
@@ -99,25 +99,25 @@ class CheckpointError(ValueError):
     """A checkpoint directory or its tensors do not fit the expected model."""
 
 
-def param_table(cfg: LlavaConfig) -> list[tuple[str, str, str, int, int | None]]:
-    """Every parameter: (our path, canonical HF key, transform, in-dims, layer index or None)."""
-    rows = [(p, k, t, n, None) for p, k, t, n in _VISION]
+def param_table(cfg: LlavaConfig) -> list[tuple[str, str, str, int]]:
+    """Every parameter: (our "/"-joined path, canonical HF key, transform, in-dims)."""
+    rows = list(_VISION)
     for i in range(cfg.vision.num_layers):
-        rows += [(f"vision/layers/{p}", f"vision.encoder.layers.{i}.{k}", t, n, i)
+        rows += [(f"vision/layers/{i}/{p}", f"vision.encoder.layers.{i}.{k}", t, n)
                  for p, k, t, n in _VISION_LAYER]
-    rows.append(("projector/linear_1", "projector.linear_1.weight", "linear", 1, None))
+    rows.append(("projector/linear_1", "projector.linear_1.weight", "linear", 1))
     if cfg.projector_bias:
-        rows.append(("projector/linear_1_bias", "projector.linear_1.bias", "copy", 0, None))
+        rows.append(("projector/linear_1_bias", "projector.linear_1.bias", "copy", 0))
     if cfg.projector == "mlp2x_gelu":
-        rows.append(("projector/linear_2", "projector.linear_2.weight", "linear", 1, None))
+        rows.append(("projector/linear_2", "projector.linear_2.weight", "linear", 1))
         if cfg.projector_bias:
-            rows.append(("projector/linear_2_bias", "projector.linear_2.bias", "copy", 0, None))
-    rows += [(p, k, t, n, None) for p, k, t, n in _TEXT]
+            rows.append(("projector/linear_2_bias", "projector.linear_2.bias", "copy", 0))
+    rows += list(_TEXT)
     for i in range(cfg.text.num_layers):
-        rows += [(f"text/layers/{p}", f"text.layers.{i}.{k}", t, n, i)
+        rows += [(f"text/layers/{i}/{p}", f"text.layers.{i}.{k}", t, n)
                  for p, k, t, n in _TEXT_LAYER]
     if not cfg.text.tie_embeddings:
-        rows.append(("text/lm_head", "lm_head.weight", "linear", 1, None))
+        rows.append(("text/lm_head", "lm_head.weight", "linear", 1))
     return rows
 
 
@@ -139,10 +139,11 @@ def _flatten(tree: dict, prefix: tuple = ()):
 
 
 def _unflatten(flat: dict[str, object]) -> dict:
+    """"/"-joined paths -> nested dict; numeric parts become int keys (nnx.List indices)."""
     out: dict = {}
     for path, v in flat.items():
         node = out
-        *parents, leaf = path.split("/")
+        *parents, leaf = (int(p) if p.isdigit() else p for p in path.split("/"))
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = v
@@ -348,8 +349,8 @@ def load_hf_checkpoint(path: str, dtype="float32", *, strict: bool = True
     """Read a transformers LLaVA directory into (config, params as nested dict of numpy arrays).
 
     `dtype` is the params' dtype ("float32", "bfloat16", ...). Tensors are read one at a time
-    with safetensors' numpy API and written into preallocated stacked arrays, so peak host memory
-    stays near the size of the result. Raises CheckpointError naming every missing, mis-shaped
+    with safetensors' numpy API and converted one by one, so peak host memory stays near the size
+    of the result. Raises CheckpointError naming every missing, mis-shaped
     or (with strict) unexpected tensor.
     """
     from safetensors import safe_open
@@ -359,7 +360,7 @@ def load_hf_checkpoint(path: str, dtype="float32", *, strict: bool = True
     dtype = np.dtype(jax.numpy.dtype(dtype))
     shapes = param_shapes(cfg)
     table = param_table(cfg)
-    by_key = {key: (ours, kind, in_dims, layer) for ours, key, kind, in_dims, layer in table}
+    by_key = {key: (ours, kind, in_dims) for ours, key, kind, in_dims in table}
 
     # Where every canonical key lives.
     located: dict[str, tuple[str, str]] = {}
@@ -389,11 +390,11 @@ def load_hf_checkpoint(path: str, dtype="float32", *, strict: bool = True
                       f"(pass strict=False to ignore)")
 
     flat = {p: np.empty(s, dtype) for p, s in shapes.items()}
-    for canon, (ours, kind, in_dims, layer) in by_key.items():
+    for canon, (ours, kind, in_dims) in by_key.items():
         if canon not in located:
             continue
         f, key = located[canon]
-        our_shape = shapes[ours][1:] if layer is not None else shapes[ours]
+        our_shape = shapes[ours]
         want = _hf_shape(our_shape, kind, in_dims)
         with safe_open(f, framework="np") as st:
             got = tuple(st.get_slice(key).get_shape())
@@ -401,10 +402,7 @@ def load_hf_checkpoint(path: str, dtype="float32", *, strict: bool = True
                 errors.append(f"tensor {key!r} has shape {got}, expected {want}")
                 continue
             x = _to_ours(st.get_tensor(key), kind, our_shape).astype(dtype)
-        if layer is None:
-            flat[ours][...] = x
-        else:
-            flat[ours][layer] = x
+        flat[ours][...] = x
     if errors:
         raise CheckpointError(f"checkpoint {path!r} does not match its config:\n  "
                               + "\n  ".join(errors))
@@ -438,8 +436,8 @@ def export_hf_checkpoint(params: dict, cfg: LlavaConfig, path: str, dtype=None,
     _check_params(flat, cfg)
     out_dtype = np.dtype(jax.numpy.dtype(dtype)) if dtype else next(iter(flat.values())).dtype
     tensors = {}
-    for ours, canon, kind, in_dims, layer in param_table(cfg):
-        x = flat[ours] if layer is None else flat[ours][layer]
+    for ours, canon, kind, in_dims in param_table(cfg):
+        x = flat[ours]
         prefix = next(p for p in _EXPORT_PREFIX if canon.startswith(p))
         key = _EXPORT_PREFIX[prefix] + canon[len(prefix):]
         tensors[key] = _to_hf(np.asarray(x), kind, in_dims).astype(out_dtype)

@@ -1,14 +1,16 @@
-"""LLaMA-family decoder (LLaMA/Vicuna, Mistral) with stacked, scanned layers and a KV cache.
+"""LLaMA-family decoder (LLaMA/Vicuna, Mistral) with a KV cache.
 
-Layers are stored stacked (leading layer axis) and applied with `lax.scan`, so a 32-layer model
-compiles as fast as a 2-layer one and the KV cache is one array updated in place. Three modes share
-one layer function: `forward` (training/scoring, no cache), `prefill` (forward that also fills the
-cache) and `decode` (one new token per row against the cache).
+Each layer keeps its own weights and its own cache arrays, and layers run in a Python loop. (A
+stacked `lax.scan` over layers compiles faster, but every step then slices each layer's weights
+out of the stack, and XLA materialises those slices: on CPU that copy tripled the decode step.)
+Three modes share one layer function: `forward` (training/scoring, no cache), `forward` with a
+cache (prefill: also fills the cache) and `decode` (one new token per row against the cache).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -112,43 +114,41 @@ def causal_mask(pad_mask: jax.Array, query_slots: jax.Array, window: int | None)
     return allowed[None] & pad_mask[:, None, :].astype(bool)
 
 
-# Names of the stacked per-layer parameters, in the order the scan body reads them.
-LAYER_PARAMS = ("attn_norm", "q_proj", "k_proj", "v_proj", "o_proj",
-                "mlp_norm", "gate_proj", "up_proj", "down_proj")
-
-
-class DecoderLayers(nnx.Module):
-    """All decoder layers' weights, stacked on a leading layer axis."""
+class DecoderLayer(nnx.Module):
+    """One pre-norm block: RMSNorm, GQA attention with RoPE, RMSNorm, SwiGLU MLP."""
 
     def __init__(self, cfg: TextConfig, *, param_dtype, rngs: nnx.Rngs):
-        n, d, f = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        d, f = cfg.hidden_size, cfg.intermediate_size
         h, k, hd = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
         p = lambda shape, kind="normal": param(rngs, shape, param_dtype, kind)
-        self.attn_norm = p((n, d), "ones")
-        self.q_proj = p((n, d, h, hd))
-        self.k_proj = p((n, d, k, hd))
-        self.v_proj = p((n, d, k, hd))
-        self.o_proj = p((n, h, hd, d))
-        self.mlp_norm = p((n, d), "ones")
-        self.gate_proj = p((n, d, f))
-        self.up_proj = p((n, d, f))
-        self.down_proj = p((n, f, d))
+        self.attn_norm = p((d,), "ones")
+        self.q_proj = p((d, h, hd))
+        self.k_proj = p((d, k, hd))
+        self.v_proj = p((d, k, hd))
+        self.o_proj = p((h, hd, d))
+        self.mlp_norm = p((d,), "ones")
+        self.gate_proj = p((d, f))
+        self.up_proj = p((d, f))
+        self.down_proj = p((f, d))
 
-    def stacked(self) -> dict[str, jax.Array]:
-        return {name: getattr(self, name)[...] for name in LAYER_PARAMS}
+    NAMES = ("attn_norm", "q_proj", "k_proj", "v_proj", "o_proj", "mlp_norm", "gate_proj",
+             "up_proj", "down_proj")
+
+    def weights(self, dtype) -> dict[str, jax.Array]:
+        """This layer's weights as plain arrays in the compute dtype (cast per use)."""
+        return {name: getattr(self, name)[...].astype(dtype) for name in self.NAMES}
 
 
-def _layer(cfg: TextConfig, p: dict, x: jax.Array, positions: jax.Array, dtype):
-    """Pre-norm attention projections of one layer: returns (q, k, v) with RoPE applied."""
-    w = {name: a.astype(dtype) for name, a in p.items()}
+def qkv(cfg: TextConfig, w: dict, x: jax.Array, positions: jax.Array):
+    """Pre-norm attention projections of one layer: (q, k, v) with RoPE applied."""
     hs = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
     q = rope(jnp.einsum("bsd,dhk->bshk", hs, w["q_proj"]), positions, cfg.rope_theta)
     k = rope(jnp.einsum("bsd,dhk->bshk", hs, w["k_proj"]), positions, cfg.rope_theta)
     v = jnp.einsum("bsd,dhk->bshk", hs, w["v_proj"])
-    return w, constrain(q, _HEADS), constrain(k, _HEADS), constrain(v, _HEADS)
+    return constrain(q, _HEADS), constrain(k, _HEADS), constrain(v, _HEADS)
 
 
-def _finish_layer(cfg: TextConfig, w: dict, x: jax.Array, attn: jax.Array) -> jax.Array:
+def finish(cfg: TextConfig, w: dict, x: jax.Array, attn: jax.Array) -> jax.Array:
     """Attention output projection, residual, SwiGLU MLP, residual."""
     x = constrain(x + jnp.einsum("bshk,hkd->bsd", attn, w["o_proj"]), _RESIDUAL)
     hs = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
@@ -156,8 +156,14 @@ def _finish_layer(cfg: TextConfig, w: dict, x: jax.Array, attn: jax.Array) -> ja
     return constrain(x + mlp @ w["down_proj"], _RESIDUAL)
 
 
+def block(cfg: TextConfig, w: dict, x: jax.Array, positions: jax.Array, mask: jax.Array):
+    """A whole layer over a full sequence; returns (x, k, v) so a prefill can cache k and v."""
+    q, k, v = qkv(cfg, w, x, positions)
+    return finish(cfg, w, x, attention(q, k, v, mask)), k, v
+
+
 class Decoder(nnx.Module):
-    """Token embedding, stacked decoder layers, final RMSNorm and LM head (or tied embedding)."""
+    """Token embedding, decoder layers, final RMSNorm and LM head (or tied embedding)."""
 
     def __init__(self, cfg: TextConfig, *, param_dtype=jnp.float32, dtype=jnp.float32,
                  remat: bool = False, rngs: nnx.Rngs):
@@ -166,7 +172,8 @@ class Decoder(nnx.Module):
         self.dtype = dtype
         self.remat = remat
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype)
-        self.layers = DecoderLayers(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(cfg.num_layers)])
         self.final_norm = param(rngs, (cfg.hidden_size,), param_dtype, "ones")
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype)
@@ -184,37 +191,29 @@ class Decoder(nnx.Module):
         logits = jnp.matmul(hidden, w, preferred_element_type=jnp.float32)
         return constrain(logits, P(BATCH, *[None] * (logits.ndim - 2), "tensor"))
 
-    def _scan(self, body, carry, xs):
-        if self.remat:
-            body = jax.checkpoint(body)
-        return jax.lax.scan(body, carry, xs)
-
     def forward(self, x: jax.Array, positions: jax.Array, pad_mask: jax.Array,
                 cache: dict | None = None) -> tuple[jax.Array, dict | None]:
         """Full-sequence pass. x (B,S,D) embeddings, positions (B,S), pad_mask (B,S).
 
-        With `cache` (dict k, v of shape (L,B,C,K,D)), also writes this sequence's keys and values
-        into slots [0, S) of the cache (prefill) and returns the updated cache.
+        With `cache` (dict k, v: lists of (B,C,K,D) per layer), also writes this sequence's keys
+        and values into slots [0, S) of the cache (prefill) and returns the updated cache.
         """
         cfg, dtype = self.cfg, self.dtype
-        s = x.shape[1]
-        mask = causal_mask(pad_mask, jnp.arange(s), cfg.sliding_window)
-
-        def body(carry, p):
-            x, i, kc, vc = carry
-            w, q, k, v = _layer(cfg, p, x, positions, dtype)
-            x = _finish_layer(cfg, w, x, attention(q, k, v, mask))
-            if kc is not None:
-                kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), (i, 0, 0, 0, 0))
-                vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), (i, 0, 0, 0, 0))
-            return (x, i + 1, kc, vc), None
-
-        kc = None if cache is None else cache["k"]
-        vc = None if cache is None else cache["v"]
-        (x, _, kc, vc), _ = self._scan(body, (x.astype(dtype), jnp.int32(0), kc, vc),
-                                          self.layers.stacked())
+        mask = causal_mask(pad_mask, jnp.arange(x.shape[1]), cfg.sliding_window)
+        run = functools.partial(block, cfg)
+        if self.remat:
+            run = jax.checkpoint(run)
+        x = x.astype(dtype)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            x, k, v = run(layer.weights(dtype), x, positions, mask)
+            if cache is not None:
+                ks.append(jax.lax.dynamic_update_slice(cache["k"][i], k.astype(
+                    cache["k"][i].dtype), (0, 0, 0, 0)))
+                vs.append(jax.lax.dynamic_update_slice(cache["v"][i], v.astype(
+                    cache["v"][i].dtype), (0, 0, 0, 0)))
         x = rms_norm(x, self.final_norm[...].astype(dtype), cfg.rms_norm_eps)
-        return x, (None if cache is None else {"k": kc, "v": vc})
+        return x, (None if cache is None else {"k": ks, "v": vs})
 
     def decode(self, x: jax.Array, positions: jax.Array, kv_mask: jax.Array, cache: dict,
                index: jax.Array) -> tuple[jax.Array, dict]:
@@ -222,22 +221,20 @@ class Decoder(nnx.Module):
         kv_mask (B,C) marks filled slots (the new slot included)."""
         cfg, dtype = self.cfg, self.dtype
         mask = causal_mask(kv_mask, index[None], cfg.sliding_window)
-
-        def body(carry, p):
-            x, i, kc, vc = carry
-            w, q, k, v = _layer(cfg, p, x, positions, dtype)
-            kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), (i, 0, index, 0, 0))
-            vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), (i, 0, index, 0, 0))
-            attn = attention(q, kc[i].astype(dtype), vc[i].astype(dtype), mask)
-            return (_finish_layer(cfg, w, x, attn), i + 1, kc, vc), None
-
-        carry = (x.astype(dtype), jnp.int32(0), cache["k"], cache["v"])
-        (x, _, kc, vc), _ = jax.lax.scan(body, carry, self.layers.stacked())
+        x = x.astype(dtype)
+        ks, vs = list(cache["k"]), list(cache["v"])
+        for i, layer in enumerate(self.layers):
+            w = layer.weights(dtype)
+            q, k, v = qkv(cfg, w, x, positions)
+            ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, index, 0, 0))
+            vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, index, 0, 0))
+            x = finish(cfg, w, x, attention(q, ks[i].astype(dtype), vs[i].astype(dtype), mask))
         x = rms_norm(x, self.final_norm[...].astype(dtype), cfg.rms_norm_eps)
-        return x, {"k": kc, "v": vc}
+        return x, {"k": ks, "v": vs}
 
 
 def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
-    """Zeroed KV cache: k and v of shape (layers, batch, length, kv_heads, head_dim)."""
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.dim_per_head)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    """Zeroed KV cache: k and v, each a list over layers of (batch, length, kv_heads, head_dim)."""
+    shape = (batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+    return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+            "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)]}

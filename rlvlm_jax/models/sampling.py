@@ -99,12 +99,22 @@ def filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     return jax.lax.cond((top_k > 0) | (top_p < 1.0), truncate, lambda x: x, scaled)
 
 
+def draw(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One token per row from softmax(logits) by inverse CDF: a single uniform per row instead
+    of a Gumbel draw per vocabulary entry (which cost more than the model's decode step on CPU).
+    Tokens of probability 0 are never drawn (u > 0 and the comparison is strict)."""
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+    u = jax.random.uniform(key, (logits.shape[0], 1), minval=jnp.finfo(jnp.float32).tiny)
+    idx = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)
+    return jnp.minimum(idx, logits.shape[-1] - 1)
+
+
 def sample_token(logits: jax.Array, key: jax.Array, knobs: Knobs) -> tuple[jax.Array, jax.Array]:
     """(B, V) float32 logits -> (token, its log-prob at the temperature, untruncated)."""
     greedy = knobs.temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, knobs.temperature)
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    drawn = jax.random.categorical(key, filter_logits(scaled, knobs.top_k, knobs.top_p), axis=-1)
+    drawn = draw(key, filter_logits(scaled, knobs.top_k, knobs.top_p))
     token = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 

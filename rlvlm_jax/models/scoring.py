@@ -26,9 +26,12 @@ def token_logprobs(model, input_ids, attention_mask, images, completion, complet
                    temperature=1.0) -> Scores:
     """Log-probs of `completion` (B, T) given the left-padded prompt `input_ids` (B, P)."""
     p = input_ids.shape[1]
-    ids = jnp.concatenate([input_ids, completion.astype(input_ids.dtype)], axis=1)
     mask = jnp.concatenate([attention_mask, completion_mask.astype(attention_mask.dtype)], axis=1)
-    hidden = model.hidden_states(ids, images, mask, positions_from_mask(mask))
+    # Images go into the prompt's placeholders only: a generated token that happens to be the
+    # image token id is text, as it was for the sampler.
+    embeds = jnp.concatenate([model.embed(input_ids, images),
+                              model.text.embed_tokens(completion.astype(jnp.int32))], axis=1)
+    hidden, _ = model.text.forward(embeds, positions_from_mask(mask), mask)
     # The logits at slot P - 1 + j predict completion token j: only those are projected.
     logits = model.text.logits(hidden[:, p - 1:-1]) / jnp.asarray(temperature, jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
