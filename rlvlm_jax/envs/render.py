@@ -96,10 +96,6 @@ def new_canvas(size: int, color) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     return img, ImageDraw.Draw(img)
 
 
-def draw_text(draw, xy, text, fnt, fill, anchor="la"):
-    draw.text(xy, text, font=fnt, fill=fill, anchor=anchor)
-
-
 @functools.cache
 def card_face(rank: int, suit: int, w: int, h: int) -> np.ndarray:
     """A playing card, w x h pixels: rank in the top-left corner, a large suit in the middle."""
