@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlvlm_jax.envs import formula as F
-from rlvlm_jax.envs.formula_env import (
-    FormulaEnv,
-    FormulaState,
-    card_of,
-    card_slot_variants,
-    paint_formula_slots,
-)
-from rlvlm_jax.envs.render import FELT, WHITE, Layout, Picture, card_face, new_canvas, paste
-
-CARD_W, CARD_H = 135, 189
+from rlvlm_jax.envs.formula_env import FormulaEnv, FormulaLayout
 
 
 class EZPoints(FormulaEnv):
@@ -29,22 +19,17 @@ class EZPoints(FormulaEnv):
     target = 12
     max_tokens = 5
     smallest_font = 26.0
-
-    def _build_picture(self, size: int) -> Picture:
-        lay = Layout(size, self.task, self.smallest_font)
-        w, h = lay.px(CARD_W), lay.px(CARD_H)
-
-        def paint(v):
-            img, draw = new_canvas(size, FELT)
-            for i in range(2):
-                paste(
-                    img, card_face(*card_of(v[f"card{i}"]), w, h), lay.px(10 + 145 * i), lay.px(15)
-                )
-            draw.text((lay.px(12), lay.px(214)), "Formula:", font=lay.font(26), fill=WHITE)
-            paint_formula_slots(draw, lay, v, self.max_tokens, (12, 252), 6, 46, 0, 28)
-            return np.asarray(img)
-
-        return Picture(size, paint, card_slot_variants(2, self.max_tokens))
+    layout = FormulaLayout(
+        card_size=(135, 189),
+        card_origin=(10, 15),
+        card_step=145,
+        label_origin=(12, 214),
+        label_font=26,
+        slot_origin=(12, 252),
+        slot_cols=6,
+        slot_size=(46, 0),
+        slot_font=28,
+    )
 
     def _reset_logic(self, key, params, canvas):
         k_rank, k_suit, k_coin, k_swap = jax.random.split(key, 4)
@@ -55,15 +40,7 @@ class EZPoints(FormulaEnv):
         ranks = jnp.stack([first, n2])  # the second card shows its number (10 as a ten)
         ranks = jnp.where(jax.random.bernoulli(k_swap), ranks[::-1], ranks)
         suits = jax.random.randint(k_suit, (2,), 0, 4)
-        formula, length = self._empty_formula()
-        return FormulaState(
-            time=jnp.int32(0),
-            canvas=canvas,
-            ranks=ranks,
-            suits=suits,
-            formula=formula,
-            length=length,
-        )
+        return self._fresh_state(ranks, suits, canvas)
 
     def solution_actions(self, state):
         a, b = self.card_values(state)

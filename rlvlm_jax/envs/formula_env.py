@@ -6,6 +6,8 @@ The formula is kept as token codes of `rlvlm_jax.envs.formula` (numbers are thei
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,17 @@ from gymnax.environments import environment
 
 from rlvlm_jax.envs import formula as F
 from rlvlm_jax.envs.base import CardEnv, CardEnvState
-from rlvlm_jax.envs.render import NUM_CARDS, card_id
+from rlvlm_jax.envs.render import (
+    FELT,
+    NUM_CARDS,
+    WHITE,
+    Layout,
+    Picture,
+    card_face,
+    card_id,
+    new_canvas,
+    paste,
+)
 
 TOKEN_TEXT = {
     F.PAD: "",
@@ -28,6 +40,20 @@ TOKEN_TEXT = {
     **{v: str(v) for v in range(1, 11)},
 }
 SUCCESS_REWARD = 10.0
+
+
+class FormulaLayout(NamedTuple):
+    """Where a formula task draws things, in design (300 px) units."""
+
+    card_size: tuple[int, int]  # w, h
+    card_origin: tuple[int, int]  # x, y of the first card
+    card_step: int  # x distance between cards
+    label_origin: tuple[int, int]  # "Formula:"
+    label_font: int
+    slot_origin: tuple[int, int]  # the first token slot
+    slot_cols: int
+    slot_size: tuple[int, int]  # w, row height
+    slot_font: int
 
 
 @struct.dataclass
@@ -54,6 +80,43 @@ class FormulaEnv(CardEnv):
     max_tokens: int = 0
     # Token code of each action; "=" (the last action) has none.
     action_codes: tuple[int, ...] = ()
+    layout: FormulaLayout
+
+    def _build_picture(self, size: int) -> Picture:
+        lay, spec = Layout(size, self.task, self.smallest_font), self.layout
+        w, h = lay.px(spec.card_size[0]), lay.px(spec.card_size[1])
+        x0, y0 = spec.card_origin
+
+        def paint(v):
+            img, draw = new_canvas(size, FELT)
+            for i in range(self.num_cards):
+                face = card_face(*card_of(v[f"card{i}"]), w, h)
+                paste(img, face, lay.px(x0 + spec.card_step * i), lay.px(y0))
+            label_xy = (lay.px(spec.label_origin[0]), lay.px(spec.label_origin[1]))
+            draw.text(label_xy, "Formula:", font=lay.font(spec.label_font), fill=WHITE)
+            fnt = lay.font(spec.slot_font)
+            (sx, sy), (sw, sh) = spec.slot_origin, spec.slot_size
+            for i in range(self.max_tokens + 1):
+                text = TOKEN_TEXT[v[f"slot{i}"]]
+                if text:  # fixed slots (row-major), centred: fixed positions keep updates cheap
+                    r, c = divmod(i, spec.slot_cols)
+                    xy = (lay.px(sx + sw * c + sw / 2), lay.px(sy + sh * r))
+                    draw.text(xy, text, font=fnt, fill=WHITE, anchor="ma")
+            return np.asarray(img)
+
+        variants = {f"card{i}": NUM_CARDS for i in range(self.num_cards)}
+        variants.update({f"slot{i}": F.NUM_CODES for i in range(self.max_tokens + 1)})
+        return Picture(size, paint, variants)
+
+    def _fresh_state(self, ranks, suits, canvas) -> FormulaState:
+        return FormulaState(
+            time=jnp.int32(0),
+            canvas=canvas,
+            ranks=ranks,
+            suits=suits,
+            formula=jnp.zeros((self.max_tokens + 1,), jnp.int32),
+            length=jnp.int32(0),
+        )
 
     @property
     def default_params(self) -> FormulaParams:
@@ -104,23 +167,6 @@ class FormulaEnv(CardEnv):
         nxt = state.replace(time=state.time + 1, formula=formula, length=length)
         return nxt, reward, terminated, over
 
-    def _empty_formula(self):
-        return jnp.zeros((self.max_tokens + 1,), jnp.int32), jnp.int32(0)
-
-    def formula_tokens(self, state) -> list[str]:
-        """The formula as the env's token strings; a blank shows as " " (as in the original)."""
-        text = {
-            code: tok for code, tok in zip(self.action_codes, self.action_strings, strict=False)
-        }
-        codes = np.asarray(state.formula)[: int(state.length)]
-        return [text.get(int(c), " ") for c in codes]
-
-    def text_fields(self, state):
-        return {
-            "cards": [int(r) for r in np.asarray(state.ranks)],
-            "formula": self.formula_tokens(state),
-        }
-
     # ---------------------------------------------------------------------- oracle
     def solution_actions(self, state) -> tuple[jax.Array, jax.Array]:
         """(int32[max_tokens + 1] action ids of a solution followed by "=", solvable flag)."""
@@ -135,24 +181,6 @@ class FormulaEnv(CardEnv):
         on_path = ~jnp.any(in_formula & (state.formula != codes))
         nxt = actions[jnp.minimum(state.length, self.max_tokens)]
         return jnp.where(solvable & on_path, nxt, self.equals_action).astype(jnp.int32)
-
-
-def paint_formula_slots(draw, lay, variants, max_tokens, origin, cols, slot_w, row_h, size_pt):
-    """Tokens in fixed slots (row-major), centred, white: fixed positions keep updates cheap."""
-    fnt = lay.font(size_pt)
-    for i in range(max_tokens + 1):
-        text = TOKEN_TEXT[variants[f"slot{i}"]]
-        if text:
-            r, c = divmod(i, cols)
-            x = lay.px(origin[0] + slot_w * c + slot_w / 2)
-            y = lay.px(origin[1] + row_h * r)
-            draw.text((x, y), text, font=fnt, fill=(255, 255, 255), anchor="ma")
-
-
-def card_slot_variants(num_cards: int, max_tokens: int) -> dict[str, int]:
-    out = {f"card{i}": NUM_CARDS for i in range(num_cards)}
-    out.update({f"slot{i}": F.NUM_CODES for i in range(max_tokens + 1)})
-    return out
 
 
 def card_of(variant: int) -> tuple[int, int]:

@@ -9,17 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvlm_jax.envs import formula as F
-from rlvlm_jax.envs.formula_env import (
-    FormulaEnv,
-    FormulaState,
-    card_of,
-    card_slot_variants,
-    paint_formula_slots,
-)
-from rlvlm_jax.envs.render import FELT, WHITE, Layout, Picture, card_face, new_canvas, paste
-
-CARD_W, CARD_H = 67, 93
-SLOT_COLS, SLOT_W, SLOT_ROW_H = 7, 40, 34
+from rlvlm_jax.envs.formula_env import FormulaEnv, FormulaLayout
 
 
 class Points24(FormulaEnv):
@@ -36,36 +26,23 @@ class Points24(FormulaEnv):
     target = 24
     max_tokens = 20
     smallest_font = 22.0
-
-    def _build_picture(self, size: int) -> Picture:
-        lay = Layout(size, self.task, self.smallest_font)
-        w, h = lay.px(CARD_W), lay.px(CARD_H)
-
-        def paint(v):
-            img, draw = new_canvas(size, FELT)
-            for i in range(4):
-                paste(img, card_face(*card_of(v[f"card{i}"]), w, h), lay.px(6 + 73 * i), lay.px(58))
-            draw.text((lay.px(10), lay.px(162)), "Formula:", font=lay.font(24), fill=WHITE)
-            paint_formula_slots(
-                draw, lay, v, self.max_tokens, (10, 196), SLOT_COLS, SLOT_W, SLOT_ROW_H, 22
-            )
-            return np.asarray(img)
-
-        return Picture(size, paint, card_slot_variants(4, self.max_tokens))
+    layout = FormulaLayout(
+        card_size=(67, 93),
+        card_origin=(6, 58),
+        card_step=73,
+        label_origin=(10, 162),
+        label_font=24,
+        slot_origin=(10, 196),
+        slot_cols=7,
+        slot_size=(40, 34),
+        slot_font=22,
+    )
 
     def _reset_logic(self, key, params, canvas):
         k_rank, k_suit = jax.random.split(key)
         ranks = jax.random.randint(k_rank, (4,), 1, 14)
         suits = jax.random.randint(k_suit, (4,), 0, 4)
-        formula, length = self._empty_formula()
-        return FormulaState(
-            time=jnp.int32(0),
-            canvas=canvas,
-            ranks=ranks,
-            suits=suits,
-            formula=formula,
-            length=length,
-        )
+        return self._fresh_state(ranks, suits, canvas)
 
     def solution_actions(self, state):
         values = jnp.sort(self.card_values(state))
