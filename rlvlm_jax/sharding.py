@@ -55,7 +55,7 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"(norm\w*|_bias|class_embed)$", P()),
 )
 
-CACHE_SPEC = P(BATCH, None, "tensor", None)  # each layer's K or V cache (B, C, K, hd)
+CACHE_SPEC = P(BATCH, "tensor", None, None)  # each layer's K or V cache (B, K, C, hd)
 
 
 class ShardingError(ValueError):

@@ -22,6 +22,7 @@ from rlvlm_jax.sharding import BATCH, constrain
 
 _RESIDUAL = P(BATCH, None, None)  # (B, S, D): batch split, width whole
 _HEADS = P(BATCH, None, "tensor", None)  # (B, S, H, hd): heads on the tensor axis
+_KV = P(BATCH, "tensor", None, None)  # (B, K, S, hd): keys/values, heads-major
 _HIDDEN = P(BATCH, None, "tensor")  # (B, S, F) MLP hidden / (B, S, V) logits
 
 _MASKED = float(jnp.finfo(jnp.float32).min)
@@ -85,19 +86,21 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q (B,S,H,D), k/v (B,C,K,D), mask (B,S,C) bool -> (B,S,H,D).
+    """Grouped-query attention. q (B,S,H,D), k/v (B,K,C,D), mask (B,S,C) bool -> (B,S,H,D).
 
-    Scores and softmax are float32 whatever the compute dtype; fully masked rows (left padding)
-    get a finite minimum instead of -inf so they stay NaN-free.
+    Keys and values are heads-major, the KV cache's layout, so that decoding reads the cache in
+    place (with (B,C,K,D) XLA transposed every layer's cache at every step). Scores and softmax
+    are float32 whatever the compute dtype; fully masked rows (left padding) get a finite minimum
+    instead of -inf so they stay NaN-free.
     """
     b, s, h, d = q.shape
-    kh = k.shape[2]
+    kh = k.shape[1]
     q = q.reshape(b, s, kh, h // kh, d)
-    scores = jnp.einsum("bskgd,bckd->bkgsc", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bskgd,bkcd->bkgsc", q, k, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgsc,bckd->bskgd", probs, v)
+    out = jnp.einsum("bkgsc,bkcd->bskgd", probs, v)
     return out.reshape(b, s, h, d)
 
 
@@ -140,12 +143,14 @@ class DecoderLayer(nnx.Module):
 
 
 def qkv(cfg: TextConfig, w: dict, x: jax.Array, positions: jax.Array):
-    """Pre-norm attention projections of one layer: (q, k, v) with RoPE applied."""
+    """Pre-norm attention projections of one layer with RoPE: q (B,S,H,D), k and v heads-major
+    (B,K,S,D) like the cache."""
     hs = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
     q = rope(jnp.einsum("bsd,dhk->bshk", hs, w["q_proj"]), positions, cfg.rope_theta)
     k = rope(jnp.einsum("bsd,dhk->bshk", hs, w["k_proj"]), positions, cfg.rope_theta)
     v = jnp.einsum("bsd,dhk->bshk", hs, w["v_proj"])
-    return constrain(q, _HEADS), constrain(k, _HEADS), constrain(v, _HEADS)
+    return (constrain(q, _HEADS), constrain(k.transpose(0, 2, 1, 3), _KV),
+            constrain(v.transpose(0, 2, 1, 3), _KV))
 
 
 def finish(cfg: TextConfig, w: dict, x: jax.Array, attn: jax.Array) -> jax.Array:
@@ -195,7 +200,7 @@ class Decoder(nnx.Module):
                 cache: dict | None = None) -> tuple[jax.Array, dict | None]:
         """Full-sequence pass. x (B,S,D) embeddings, positions (B,S), pad_mask (B,S).
 
-        With `cache` (dict k, v: lists of (B,C,K,D) per layer), also writes this sequence's keys
+        With `cache` (dict k, v: lists of (B,K,C,D) per layer), also writes this sequence's keys
         and values into slots [0, S) of the cache (prefill) and returns the updated cache.
         """
         cfg, dtype = self.cfg, self.dtype
@@ -226,15 +231,15 @@ class Decoder(nnx.Module):
         for i, layer in enumerate(self.layers):
             w = layer.weights(dtype)
             q, k, v = qkv(cfg, w, x, positions)
-            ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, index, 0, 0))
-            vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, index, 0, 0))
+            ks[i] = jax.lax.dynamic_update_slice(ks[i], k.astype(ks[i].dtype), (0, 0, index, 0))
+            vs[i] = jax.lax.dynamic_update_slice(vs[i], v.astype(vs[i].dtype), (0, 0, index, 0))
             x = finish(cfg, w, x, attention(q, ks[i].astype(dtype), vs[i].astype(dtype), mask))
         x = rms_norm(x, self.final_norm[...].astype(dtype), cfg.rms_norm_eps)
         return x, {"k": ks, "v": vs}
 
 
 def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
-    """Zeroed KV cache: k and v, each a list over layers of (batch, length, kv_heads, head_dim)."""
-    shape = (batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+    """Zeroed KV cache: k and v, each a list over layers of (batch, kv_heads, length, head_dim)."""
+    shape = (batch, cfg.num_kv_heads, length, cfg.dim_per_head)
     return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
             "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)]}

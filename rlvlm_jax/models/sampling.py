@@ -99,11 +99,28 @@ def filter_logits(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     return jax.lax.cond((top_k > 0) | (top_p < 1.0), truncate, lambda x: x, scaled)
 
 
+def _cumsum(x: jax.Array, block: int = 128) -> jax.Array:
+    """Inclusive cumsum over the last axis as a blocked triangular matmul (HIGHEST precision).
+
+    XLA lowers jnp.cumsum on CPU to a windowed reduction that cost more than the rest of the
+    sampling step over a 2k vocabulary; this is ~4x faster there and a plain matmul elsewhere.
+    """
+    b, v = x.shape
+    nb = -(-v // block)
+    xb = jnp.pad(x, ((0, 0), (0, nb * block - v))).reshape(b, nb, block)
+    tri = jnp.triu(jnp.ones((block, block), x.dtype))
+    within = jnp.matmul(xb, tri, precision=jax.lax.Precision.HIGHEST)
+    totals = within[:, :, -1]
+    offsets = jnp.cumsum(totals, axis=-1) - totals  # nb entries: cheap either way
+    return (within + offsets[:, :, None]).reshape(b, nb * block)[:, :v]
+
+
 def draw(key: jax.Array, logits: jax.Array) -> jax.Array:
     """One token per row from softmax(logits) by inverse CDF: a single uniform per row instead
     of a Gumbel draw per vocabulary entry (which cost more than the model's decode step on CPU).
     Tokens of probability 0 are never drawn (u > 0 and the comparison is strict)."""
-    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    cdf = _cumsum(weights)
     u = jax.random.uniform(key, (logits.shape[0], 1), minval=jnp.finfo(jnp.float32).tiny)
     idx = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)
     return jnp.minimum(idx, logits.shape[-1] - 1)
@@ -113,10 +130,10 @@ def sample_token(logits: jax.Array, key: jax.Array, knobs: Knobs) -> tuple[jax.A
     """(B, V) float32 logits -> (token, its log-prob at the temperature, untruncated)."""
     greedy = knobs.temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, knobs.temperature)
-    logp = jax.nn.log_softmax(scaled, axis=-1)
+    lse = jax.nn.logsumexp(scaled, axis=-1)
     drawn = draw(key, filter_logits(scaled, knobs.top_k, knobs.top_p))
     token = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
-    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+    return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
 
 
 def _record(state: DecodeState, token, logp, pad_id) -> DecodeState:
