@@ -31,6 +31,12 @@ def parse_args(argv=None):
     p.add_argument("--devices", type=int, default=1, help="host devices to shard the batch over")
     p.add_argument("--both", action="store_true", help="run with 1 and with 2 devices")
     p.add_argument("--baseline-seconds", type=float, default=2.0, help="time for the PIL baseline")
+    p.add_argument(
+        "--original-gym-cards",
+        default=None,
+        help="path to the original RL4VLM gym-cards package (the folder holding\n"
+        "gym_cards/); when given, it is timed too, one env, random actions",
+    )
     return p.parse_args(argv)
 
 
@@ -105,6 +111,26 @@ def pil_baseline(task, seconds, image_size):
     return n / (time.perf_counter() - t0)
 
 
+def original_baseline(task, seconds, path):
+    """The original gym_cards environment (PIL, one process), random actions, reset when done."""
+    import gymnasium
+    import numpy as np
+
+    sys.path.insert(0, path)
+    import gym_cards  # noqa: F401  (registers the gymnasium ids)
+
+    env = gymnasium.make(f"gym_cards/{task}-v0")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(0, env.action_space.n)))
+        if terminated or truncated:
+            env.reset()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.both:
@@ -128,6 +154,8 @@ def main(argv=None):
                 "--baseline-seconds",
                 str(args.baseline_seconds if devices == 1 else 0),
             ]
+            if args.original_gym_cards and devices == 1:
+                cmd += ["--original-gym-cards", args.original_gym_cards]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             print(out.rstrip("\n").rsplit("\n", 1)[0])
             rows += json.loads(out.strip().splitlines()[-1])["results"]
@@ -143,7 +171,7 @@ def main(argv=None):
         f"{os.cpu_count()} cores, image {args.image_size}x{args.image_size}"
     )
     header = f"{'task':<11} {'devices':>7} {'batch':>6} {'steps/s':>12} {'compile s':>10}"
-    print(header + f" {'PIL host baseline':>18} {'ratio':>8}")
+    print(header + f" {'PIL host baseline':>18} {'ratio':>8} {'original':>9} {'ratio':>8}")
     results = []
     for task in args.tasks.split(","):
         baseline = (
@@ -151,14 +179,21 @@ def main(argv=None):
             if args.baseline_seconds > 0
             else None
         )
+        original = (
+            original_baseline(task, args.baseline_seconds, args.original_gym_cards)
+            if args.original_gym_cards and args.baseline_seconds > 0
+            else None
+        )
         for batch in map(int, args.batch_sizes.split(",")):
             rate, compile_s = measure(
                 task, batch, args.steps, args.repeats, args.image_size, args.devices
             )
             ratio = rate / baseline if baseline else None
+            ratio_orig = rate / original if original else None
             print(
                 f"{task:<11} {args.devices:>7} {batch:>6} {rate:>12,.0f} {compile_s:>10.1f}"
                 + (f" {baseline:>18,.0f} {ratio:>8,.0f}x" if baseline else "")
+                + (f" {original:>9,.0f} {ratio_orig:>8,.0f}x" if original else "")
             )
             results.append(
                 {
@@ -169,6 +204,8 @@ def main(argv=None):
                     "compile_s": round(compile_s, 2),
                     "pil_baseline_steps_per_s": baseline and round(baseline, 1),
                     "ratio_vs_pil": ratio and round(ratio, 1),
+                    "original_steps_per_s": original and round(original, 1),
+                    "ratio_vs_original": ratio_orig and round(ratio_orig, 1),
                 }
             )
     print(json.dumps({"benchmark": "envs", "results": results}))
