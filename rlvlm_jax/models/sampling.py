@@ -206,10 +206,12 @@ class Sampler:
 
     `in_shardings`-style placement comes from rlvlm_jax.sharding when a mesh is given. The cache
     passed in is donated; keep the returned one for the next call to reuse its memory.
+    `compiler_options` go to XLA (e.g. tests trade run time for compile time with
+    {"xla_backend_optimization_level": 0}).
     """
 
     def __init__(self, graphdef, cfg: LlavaConfig, sampling: SamplingConfig, *,
-                 shardings=None):
+                 shardings=None, compiler_options: dict | None = None):
         self.graphdef = graphdef
         self.cfg = cfg
         self.sampling = sampling
@@ -217,9 +219,9 @@ class Sampler:
         self.shardings = shardings
         jit_kw = {} if shardings is None else shardings.sampler_jit_kwargs()
         self._prefill = jax.jit(self._prefill_impl, donate_argnames=("cache",),
-                                **jit_kw.get("prefill", {}))
+                                compiler_options=compiler_options, **jit_kw.get("prefill", {}))
         self._decode = jax.jit(self._decode_impl, donate_argnames=("cache",),
-                               **jit_kw.get("decode", {}))
+                               compiler_options=compiler_options, **jit_kw.get("decode", {}))
 
     def _prefill_impl(self, params, input_ids, attention_mask, images, cache, rng, knobs):
         self.trace_counts["prefill"] += 1

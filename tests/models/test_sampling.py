@@ -14,6 +14,7 @@ from tests.models import hf_reference as ref
 from tests.models.compiles import count_compiles
 
 T = 24
+FAST_COMPILE = {"xla_backend_optimization_level": 0}  # correctness tests: compile quickly
 SPECS = [ref.Spec(text="llama", heads=4, kv_heads=2, feature_layer=-2, seed=1),
          ref.Spec(text="mistral", heads=4, kv_heads=2, sliding_window=7, strategy="full",
                   seed=2)]
@@ -29,8 +30,9 @@ class Setup:
         self.params = jax.tree.map(jnp.asarray, params)
         self.graphdef, _ = abstract_model(self.cfg)
         self.sampler = Sampler(self.graphdef, self.cfg,
-                               SamplingConfig(max_new_tokens=T, eos_ids=(2,), pad_id=0))
-        self.scorer = make_scorer(self.graphdef)
+                               SamplingConfig(max_new_tokens=T, eos_ids=(2,), pad_id=0),
+                               compiler_options=FAST_COMPILE)
+        self.scorer = make_scorer(self.graphdef, compiler_options=FAST_COMPILE)
         self.ids, self.mask, self.images = ref.make_inputs(self.cfg.num_image_tokens, length=14)
 
     def hf_greedy(self, eos, ids=None):
@@ -118,7 +120,8 @@ def test_sampled_logprobs_agree_with_scoring(setup):
 def test_decode_does_not_recompile(llama):
     """New prompts, images, key, temperature, top-k, top-p and EOS ids: no new compilation."""
     s = llama
-    sampler = Sampler(s.graphdef, s.cfg, SamplingConfig(max_new_tokens=8, pad_id=0))
+    sampler = Sampler(s.graphdef, s.cfg, SamplingConfig(max_new_tokens=8, pad_id=0),
+                      compiler_options=FAST_COMPILE)
     with count_compiles() as first_compiles:
         first = _sample(s, sampler, key=0, temperature=1.0)
     counts = dict(sampler.trace_counts)
@@ -160,7 +163,8 @@ def test_first_token_distribution(llama):
     logits = ref.hf_logits(setup.hf, ids[:1], mask[:1], images[:1])[0, -1] / temperature
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    sampler = Sampler(setup.graphdef, setup.cfg, SamplingConfig(max_new_tokens=1, pad_id=0))
+    sampler = Sampler(setup.graphdef, setup.cfg, SamplingConfig(max_new_tokens=1, pad_id=0),
+                      compiler_options=FAST_COMPILE)
     out, _ = sampler(setup.params, ids, mask, images, jax.random.key(0), temperature, top_p,
                      top_k=top_k)
     first = np.asarray(out.tokens[:, 0])

@@ -16,6 +16,8 @@ from rlvlm_jax.models.scoring import token_logprobs
 from tests.models.compiles import count_compiles
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 2, 4)]
+# These tests compare numbers across meshes, not speed: spend less time in LLVM.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 B, PROMPT, NEW = 8, 12, 6
 
 
@@ -63,8 +65,10 @@ def _train_step(graphdef):
 @pytest.fixture(scope="module")
 def single_device(model):
     cfg, graphdef, params, batch = model
-    new, grads, loss, lp = jax.jit(_train_step(graphdef))(params, *batch)
-    sampler = Sampler(graphdef, cfg, SamplingConfig(max_new_tokens=NEW))
+    new, grads, loss, lp = jax.jit(_train_step(graphdef), compiler_options=FAST_COMPILE)(
+        params, *batch)
+    sampler = Sampler(graphdef, cfg, SamplingConfig(max_new_tokens=NEW),
+                      compiler_options=FAST_COMPILE)
     greedy, _ = sampler(params, *batch[:3], jax.random.key(0), temperature=0.0)
     drawn, _ = sampler(params, *batch[:3], jax.random.key(1), temperature=1.0)
     return jax.device_get((new, grads, loss, lp, greedy, drawn))
@@ -93,7 +97,8 @@ def test_mesh_matches_single_device(model, single_device, shape):
 
     # One gradient step (forward, backward, update) with explicit in/out shardings.
     step = sh.jit(_train_step(graphdef), "pbbbbb",
-                  out_shardings=(sh.params, sh.params, sh.replicated, sh.batch))
+                  out_shardings=(sh.params, sh.params, sh.replicated, sh.batch),
+                  compiler_options=FAST_COMPILE)
     new, grads, loss, lp = step(sharded, *batch)
     _close(loss, ref_loss, 1e-5)
     _close(lp, ref_lp, 1e-5)
@@ -104,7 +109,8 @@ def test_mesh_matches_single_device(model, single_device, shape):
         assert leaf.sharding.spec == sharding.spec_for(sharding._path_str(path))
 
     # Sampling: greedy tokens identical, sampled tokens identical for the same key.
-    sampler = Sampler(graphdef, cfg, SamplingConfig(max_new_tokens=NEW), shardings=sh)
+    sampler = Sampler(graphdef, cfg, SamplingConfig(max_new_tokens=NEW), shardings=sh,
+                      compiler_options=FAST_COMPILE)
     greedy, cache = sampler(sharded, *batch[:3], jax.random.key(0), temperature=0.0)
     np.testing.assert_array_equal(greedy.tokens, ref_greedy.tokens)
     _close(greedy.logprobs, ref_greedy.logprobs, 1e-5)
@@ -182,7 +188,7 @@ def test_bf16_compute_with_f32_master_params(model, single_device):
     graphdef16, _ = abstract_model(cfg, dtype=jnp.bfloat16)
     mesh = sharding.make_mesh((2, 2, 2))
     sh = sharding.Shardings(mesh, params)
-    step = sh.jit(_train_step(graphdef16), "pbbbbb")
+    step = sh.jit(_train_step(graphdef16), "pbbbbb", compiler_options=FAST_COMPILE)
     new, grads, loss, _ = step(sharding.shard_params(params, mesh), *batch)
     assert {x.dtype for x in jax.tree.leaves((new, grads))} == {jnp.dtype(jnp.float32)}
     _close(loss, ref_loss, 2e-2)
