@@ -167,6 +167,18 @@ class FormulaEnv(CardEnv):
         nxt = state.replace(time=state.time + 1, formula=formula, length=length)
         return nxt, reward, terminated, over
 
+    def formula_tokens(self, state) -> list[str]:
+        """The formula as the env's token strings; a blank shows as " " (as in the original)."""
+        text = dict(zip(self.action_codes, self.action_strings, strict=False))
+        codes = np.asarray(state.formula)[: int(state.length)]
+        return [text.get(int(c), " ") for c in codes]
+
+    def text_fields(self, state):
+        return {
+            "cards": [int(r) for r in np.asarray(state.ranks)],
+            "formula": self.formula_tokens(state),
+        }
+
     # ---------------------------------------------------------------------- oracle
     def solution_actions(self, state) -> tuple[jax.Array, jax.Array]:
         """(int32[max_tokens + 1] action ids of a solution followed by "=", solvable flag)."""
