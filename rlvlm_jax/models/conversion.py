@@ -8,7 +8,7 @@ Python: `load_hf_checkpoint(dir, dtype) -> (LlavaConfig, params)` and
 `export_hf_checkpoint(params, cfg, dir)`. Files on disk use several key layouts
 (hub: `language_model.model.*`, `vision_tower.vision_model.*`; transformers 5 `save_pretrained`:
 `language_model.model.*`, `vision_tower.*`; in-memory 5.x: `model.language_model.*`); all are
-accepted. Export writes the hub layout, which every transformers version since 4.36 loads.
+accepted. Export writes the llava-hf hub layout (tested: transformers 5.23 loads it).
 """
 
 from __future__ import annotations

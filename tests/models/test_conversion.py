@@ -190,6 +190,11 @@ def test_cli_round_trip(small_ckpt, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a, b)
     bad = run("to-jax", str(tmp_path / "missing"), str(tmp_path / "x"))
     assert bad.returncode == 2 and "not a directory" in bad.stderr
+    # Reading needs no torch (nor transformers) at run time.
+    code = ("import sys; from rlvlm_jax.models import conversion; "
+            f"conversion.load_hf_checkpoint({str(small_ckpt)!r}); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 
 def test_random_init_model_exports(tmp_path):
