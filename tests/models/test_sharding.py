@@ -194,3 +194,16 @@ def test_bf16_compute_with_f32_master_params(model, single_device):
     _close(loss, ref_loss, 2e-2)
     flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
     assert np.corrcoef(flat(grads), flat(ref_grads))[0, 1] > 0.99
+
+
+def test_remat_gives_the_same_gradients(model, single_device):
+    """Rematerialised layers (memory for compute) change nothing numerically."""
+    cfg, _, params, batch = model
+    _, ref_grads, ref_loss, *_ = single_device
+    graphdef, _ = abstract_model(cfg, remat=True)
+    jaxpr = str(jax.make_jaxpr(_train_step(graphdef))(params, *batch))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+    _, grads, loss, _ = jax.jit(_train_step(graphdef), compiler_options=FAST_COMPILE)(
+        params, *batch)
+    _close(loss, ref_loss, 1e-6)
+    _tree_close(grads, ref_grads, 1e-6)
