@@ -1,0 +1,411 @@
+"""Rollouts in one compiled function: picture -> prompt -> sampled chain of thought -> parsed
+action -> env step, for a batch of environments over T steps inside a single `lax.scan`.
+
+Per-step prompts are built on the device. A prompt is a fixed list of token segments with the
+current formula spliced in (EZPoints/Points24 show it, twice with CoT): the template is rendered on
+the host with a sentinel in place of the formula, split there, and each segment tokenised once;
+each formula token code (1..10, + - * / ( ), blank) maps to its own token ids through a small
+table. So the ids are a concatenation of separately tokenised pieces, not the BPE of the joined
+string; SFT encodes prompts through the same `PromptEncoder`, so training and acting agree, and for
+prompts without a formula the ids equal `tokenizer.encode_prompts` exactly.
+
+The value of a step is the value head on the final hidden state of the last prompt token, taken
+from the sampler's own prefill (no second pass). Unparsable answers get a uniformly random legal
+action and are counted. For truncation bootstrapping the value of the final (pre-reset)
+observation is computed, only when some environment truncated, from the env's
+`final_observation` and the step's own prompt: every card task truncates either on a time limit
+(the prompt is constant) or, in the formula tasks, on a move that is ignored (the formula did not
+change), so the step's prompt is the final state's prompt.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvlm_jax.envs import formula as F
+from rlvlm_jax.envs import prompts
+from rlvlm_jax.models import sampling
+from rlvlm_jax.models.llama import init_cache
+from rlvlm_jax.rl import losses
+from rlvlm_jax.text.byte_table import byte_table
+from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
+from rlvlm_jax.text.tokenizer import IMAGE_TOKEN
+
+TEMPLATES = ("llava_v1", "short")
+_SENTINEL = "\x00"
+CODE_STRINGS = {n: str(n) for n in range(F.MIN_NUMBER, F.MAX_NUMBER + 1)} | {
+    F.PLUS: "+",
+    F.MINUS: "-",
+    F.TIMES: "*",
+    F.DIVIDE: "/",
+    F.LPAREN: "(",
+    F.RPAREN: ")",
+    F.BLANK: " ",
+}
+
+
+def prompt_text(task: str, formula_tokens, cot: bool, template: str) -> str:
+    """The text of one step's prompt (`<image>` not yet expanded).
+
+    "llava_v1": the original prompt, byte for byte (LLaVA system + task prompt). "short": the task
+    name (and the formula for the formula tasks) only, for tiny CPU models, whose prompts would
+    otherwise be ~150 constant tokens that cost most of the compute.
+    """
+    if template == "llava_v1":
+        return prompts.full_prompt(task, formula_tokens, cot)
+    if template == "short":
+        spec = prompts.get_task(task)
+        body = spec.name + (" json with thoughts" if cot else " json")
+        if spec.has_formula:
+            body += " formula: " + prompts.formula_text(formula_tokens)
+        return f"USER: {IMAGE_TOKEN}\n{body} ASSISTANT:"
+    raise ValueError(f"unknown prompt template {template!r}; known: {TEMPLATES}")
+
+
+class PromptEncoder:
+    """Prompt token ids for a task, built on the host (`host`) or the device (`device`), equal.
+
+    `length` is the padded prompt length P (0: the longest possible prompt). Ids are left-padded.
+    """
+
+    def __init__(self, tokenizer, task: str, cot: bool, template: str, num_image_tokens: int,
+                 length: int = 0, max_formula: int = 0):
+        spec = prompts.get_task(task)
+        self.has_formula = spec.has_formula
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        text = prompt_text(task, [_SENTINEL] if spec.has_formula else None, cot, template)
+        pieces = text.split(_SENTINEL)
+        self.segments = []
+        for i, piece in enumerate(pieces):
+            ids = tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+            if i == 0 and tokenizer.bos_token_id is not None:
+                ids = [tokenizer.bos_token_id] + ids
+            row = []
+            for t in ids:
+                row.extend([t] * num_image_tokens if t == image_id else [t])
+            self.segments.append(np.asarray(row, np.int32))
+        self.num_slots = len(pieces) - 1
+        code_ids = [[]] + [
+            tokenizer(CODE_STRINGS[c], add_special_tokens=False)["input_ids"]
+            for c in range(1, F.NUM_CODES)
+        ]
+        width = max(1, max(len(x) for x in code_ids))
+        self.code_table = np.zeros((F.NUM_CODES, width), np.int32)
+        self.code_len = np.asarray([len(x) for x in code_ids], np.int32)
+        for c, ids in enumerate(code_ids):
+            self.code_table[c, : len(ids)] = ids
+        self.max_formula = max_formula if self.num_slots else 0
+        longest = sum(map(len, self.segments)) + self.num_slots * self.max_formula * width
+        self.length = length or longest
+        if longest > self.length:
+            raise ValueError(f"prompts need up to {longest} tokens; prompt length is {self.length}")
+
+    def host(self, formula_codes=()) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, mask) int32 [P] for a formula given as token codes."""
+        codes = [int(c) for c in formula_codes if int(c) != F.PAD] if self.num_slots else []
+        if len(codes) > self.max_formula:
+            raise ValueError(
+                f"formula of {len(codes)} tokens; the encoder holds {self.max_formula}"
+            )
+        formula = [t for c in codes for t in self.code_table[c, : self.code_len[c]]]
+        row = []
+        for i, seg in enumerate(self.segments):
+            row += seg.tolist() + (formula if i < self.num_slots else [])
+        ids = np.full(self.length, self.pad_id, np.int32)
+        mask = np.zeros(self.length, np.int32)
+        ids[self.length - len(row) :] = row
+        mask[self.length - len(row) :] = 1
+        return ids, mask
+
+    def device(self, formula: jax.Array, num_codes: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Jittable (ids, mask) [P] from a formula of token codes [F] with `num_codes` in use."""
+        cap = sum(map(len, self.segments)) + self.num_slots * self.max_formula * (
+            self.code_table.shape[1]
+        )
+        buf = jnp.zeros((cap,), jnp.int32)
+        off = jnp.int32(0)
+        if self.num_slots:
+            formula = jnp.asarray(formula, jnp.int32)[: self.max_formula]
+            live = jnp.arange(formula.shape[0]) < num_codes
+            lens = jnp.where(live, jnp.asarray(self.code_len)[formula], 0)
+            toks = jnp.asarray(self.code_table)[formula]  # [F, W]
+            rel = (jnp.cumsum(lens) - lens)[:, None] + jnp.arange(toks.shape[1])[None]
+            ok = jnp.arange(toks.shape[1])[None] < lens[:, None]
+        for i, seg in enumerate(self.segments):
+            if len(seg):
+                buf = jax.lax.dynamic_update_slice(buf, jnp.asarray(seg), (off,))
+                off = off + len(seg)
+            if i < self.num_slots:
+                buf = buf.at[jnp.where(ok, off + rel, cap)].set(toks, mode="drop")
+                off = off + jnp.sum(lens)
+        src = jnp.arange(self.length) - (self.length - off)
+        mask = src >= 0
+        ids = jnp.where(mask, buf[jnp.clip(src, 0, cap - 1)], self.pad_id)
+        return ids.astype(jnp.int32), mask.astype(jnp.int32)
+
+
+def formula_of(state, batch: int):
+    """(codes [B, F], lengths [B]) of formula-task states; a dummy for the other tasks."""
+    if hasattr(state, "formula"):
+        return state.formula, state.length
+    return jnp.zeros((batch, 1), jnp.int32), jnp.zeros((batch,), jnp.int32)
+
+
+# --------------------------------------------------------------------------------- sampling
+def generate_with_hidden(model, ids, mask, pixels, rng, knobs, cfg: sampling.SamplingConfig):
+    """`sampling.generate`, also returning the last prompt slot's final hidden state (B, D).
+
+    The same prefill as the sampler's (left-padded prompts end at the last slot), kept here so the
+    value head reads the hidden state without a second forward pass.
+    """
+    b, p = ids.shape
+    t = cfg.max_new_tokens
+    cache = init_cache(model.cfg.text, b, p + t, model.dtype)
+    hidden, cache = model.prefill(ids, pixels, mask, cache)
+    logits = model.text.logits(hidden)
+    token, logp = sampling.sample_token(logits, jax.random.fold_in(rng, 0), knobs)
+    m = mask.astype(bool)
+    state = sampling.DecodeState(
+        tokens=jnp.full((b, t), cfg.pad_id, jnp.int32).at[:, 0].set(token),
+        logprobs=jnp.zeros((b, t), jnp.float32).at[:, 0].set(logp),
+        done=jnp.any(token[:, None] == knobs.eos_ids[None, :], axis=-1),
+        lengths=jnp.ones((b,), jnp.int32),
+        step=jnp.int32(1),
+        kv_mask=jnp.concatenate([m, jnp.zeros((b, t), bool)], axis=1),
+        prompt_len=jnp.sum(m, axis=1, dtype=jnp.int32),
+        rng=rng,
+        knobs=knobs,
+    )
+    state, _ = sampling.decode(model, state, cache, cfg=cfg)
+    return sampling.SampleOutput(state.tokens, state.lengths, state.logprobs, state.step), hidden
+
+
+class StepOutput(NamedTuple):
+    """One environment step for a batch [B, ...] (a `Trajectory` stacks T of them)."""
+
+    frames: jax.Array  # uint8 [B, S, S, 3] the picture acted on
+    prompt_ids: jax.Array  # int32 [B, P]
+    prompt_mask: jax.Array  # int32 [B, P]
+    tokens: jax.Array  # int32 [B, R] generated ids (pad after EOS)
+    lengths: jax.Array  # int32 [B] generated tokens including EOS
+    token_logp: jax.Array  # float32 [B, R] sampler log-probs at the temperature
+    cot_mask: jax.Array  # bool [B, R] chain-of-thought tokens
+    action_mask: jax.Array  # bool [B, R] tokens from `"action":` to the end
+    logp: jax.Array  # float32 [B] lambda-scaled action log-prob (old policy)
+    value: jax.Array  # float32 [B]
+    action: jax.Array  # int32 [B] action taken
+    parsed: jax.Array  # bool [B] text parsed to exactly one action
+    reward: jax.Array  # float32 [B]
+    terminated: jax.Array  # bool [B]
+    truncated: jax.Array  # bool [B]
+    final_value: jax.Array  # float32 [B] value of the pre-reset observation (0 if not truncated)
+    episode_return: jax.Array  # float32 [B] return of the episode ending here (else 0)
+    episode_length: jax.Array  # int32 [B]
+
+
+Trajectory = StepOutput  # leaves [T, B, ...]
+
+
+class EnvCarry(NamedTuple):
+    """What a rollout hands to the next one: env states and running episode sums."""
+
+    state: object
+    ep_return: jax.Array  # float32 [B]
+    ep_length: jax.Array  # int32 [B]
+
+
+def _logp(token_logp, cot_mask, action_mask, lam, action_only: bool):
+    if action_only:
+        return losses.action_only_log_prob(token_logp, action_mask)
+    return losses.action_log_prob(token_logp, cot_mask, action_mask, lam)
+
+
+class Actor:
+    """Everything static a rollout needs: env, policy graph, prompt encoder, parser, byte table.
+
+    Build once; `make_rollout` / `make_evaluate` return jitted functions of (params, ...).
+    """
+
+    def __init__(self, env, env_params, policy, tokenizer, encoder: PromptEncoder,
+                 max_new_tokens: int, thought_lambda: float = 0.5, action_only: bool = False,
+                 bootstrap_truncation: bool = True):
+        self.env, self.env_params, self.policy = env, env_params, policy
+        self.encoder = encoder
+        self.table = byte_table(tokenizer, policy.cfg.text.vocab_size)
+        self.parser = make_action_parser(env.task)
+        self.sampling = sampling.SamplingConfig(
+            max_new_tokens=max_new_tokens,
+            pad_id=encoder.pad_id,
+            eos_ids=(policy.cfg.eos_token_id,),
+        )
+        self.thought_lambda = thought_lambda
+        self.action_only = action_only
+        self.bootstrap_truncation = bootstrap_truncation
+        if bootstrap_truncation and not env.final_observation:
+            raise ValueError("truncation bootstrapping needs an env made with final_observation")
+
+    def reset(self, key, num_envs: int) -> EnvCarry:
+        keys = jax.random.split(key, num_envs)
+        _, state = jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.env_params)
+        return EnvCarry(state, jnp.zeros((num_envs,)), jnp.zeros((num_envs,), jnp.int32))
+
+    def prompts(self, state, batch: int):
+        codes, n = formula_of(state, batch)
+        return jax.vmap(self.encoder.device)(codes, n)
+
+    def value_of(self, params, ids, mask, frames):
+        model = self.policy.model(params)
+        hidden = model.hidden_states(ids, self.policy.preprocess(frames), mask)
+        return self.policy.value(params, hidden[:, -1])
+
+    def step(self, params, carry: EnvCarry, key, knobs) -> tuple[EnvCarry, StepOutput]:
+        """Traceable: one env step of the whole batch."""
+        b = carry.ep_return.shape[0]
+        k_sample, k_rand, k_env = jax.random.split(key, 3)
+        state = carry.state
+        frames = state.canvas
+        ids, mask = self.prompts(state, b)
+        model = self.policy.model(params)
+        out, hidden = generate_with_hidden(
+            model, ids, mask, self.policy.preprocess(frames), k_sample, knobs, self.sampling
+        )
+        value = self.policy.value(params, hidden)
+        parsed, action_mask = jax.vmap(
+            lambda t, n: parse_tokens(self.parser, self.table, t, n)
+        )(out.tokens, out.lengths)
+        token_mask = jnp.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
+        cot_mask = token_mask & ~action_mask
+        ok = parsed.action >= 0
+        random_action = jax.random.randint(k_rand, (b,), 0, self.env.num_actions)
+        action = jnp.where(ok, parsed.action, random_action).astype(jnp.int32)
+        _, nxt, reward, term, trunc, info = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(k_env, b), state, action, self.env_params
+        )
+        if self.bootstrap_truncation:
+            final_value = jax.lax.cond(
+                jnp.any(trunc),
+                lambda: jnp.where(
+                    trunc, self.value_of(params, ids, mask, info["final_observation"]), 0.0
+                ),
+                lambda: jnp.zeros((b,), jnp.float32),
+            )
+        else:
+            final_value = jnp.zeros((b,), jnp.float32)
+        done = term | trunc
+        ep_return = carry.ep_return + reward
+        ep_length = carry.ep_length + 1
+        record = StepOutput(
+            frames=frames,
+            prompt_ids=ids,
+            prompt_mask=mask,
+            tokens=out.tokens,
+            lengths=out.lengths,
+            token_logp=out.logprobs,
+            cot_mask=cot_mask,
+            action_mask=action_mask,
+            logp=_logp(out.logprobs, cot_mask, action_mask, self.thought_lambda,
+                       self.action_only),
+            value=value,
+            action=action,
+            parsed=ok,
+            reward=reward,
+            terminated=term,
+            truncated=trunc,
+            final_value=final_value,
+            episode_return=jnp.where(done, ep_return, 0.0),
+            episode_length=jnp.where(done, ep_length, 0),
+        )
+        carry = EnvCarry(nxt, jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length))
+        return carry, record
+
+    def last_value(self, params, carry: EnvCarry) -> jax.Array:
+        b = carry.ep_return.shape[0]
+        ids, mask = self.prompts(carry.state, b)
+        return self.value_of(params, ids, mask, carry.state.canvas)
+
+    def make_rollout(self, num_steps: int):
+        """Jitted `rollout(params, carry, key, temperature) -> (carry, Trajectory, last_value)`."""
+
+        def rollout(params, carry, key, temperature):
+            knobs = sampling.make_knobs(temperature, eos_ids=self.sampling.eos_ids)
+
+            def body(c, k):
+                return self.step(params, c, k, knobs)
+
+            carry, traj = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
+            return carry, traj, self.last_value(params, carry)
+
+        return jax.jit(rollout)
+
+    def make_evaluate(self, num_envs: int, max_steps: int):
+        """Jitted `evaluate(params, key, temperature) -> dict` over each env's first episode.
+
+        Steps all envs until every first episode has ended (or `max_steps`), in a while loop.
+        Returns per-env first returns/lengths and step-level invalid-answer and length counts.
+        """
+
+        def evaluate(params, key, temperature):
+            knobs = sampling.make_knobs(temperature, eos_ids=self.sampling.eos_ids)
+            k_reset, k_run = jax.random.split(key)
+            carry = self.reset(k_reset, num_envs)
+            init = {
+                "carry": carry,
+                "t": jnp.int32(0),
+                "first_return": jnp.full((num_envs,), jnp.nan),
+                "first_length": jnp.zeros((num_envs,), jnp.int32),
+                "steps": jnp.int32(0),
+                "invalid": jnp.int32(0),
+                "tokens": jnp.int32(0),
+                "clipped": jnp.int32(0),
+            }
+
+            def cond(s):
+                return (s["t"] < max_steps) & jnp.any(jnp.isnan(s["first_return"]))
+
+            def body(s):
+                carry, rec = self.step(params, s["carry"], jax.random.fold_in(k_run, s["t"]),
+                                       knobs)
+                active = jnp.isnan(s["first_return"])
+                done = rec.terminated | rec.truncated
+                first = active & done
+                hit_limit = rec.lengths >= self.sampling.max_new_tokens
+                return {
+                    "carry": carry,
+                    "t": s["t"] + 1,
+                    "first_return": jnp.where(first, rec.episode_return, s["first_return"]),
+                    "first_length": jnp.where(first, rec.episode_length, s["first_length"]),
+                    "steps": s["steps"] + jnp.sum(active),
+                    "invalid": s["invalid"] + jnp.sum(active & ~rec.parsed),
+                    "tokens": s["tokens"] + jnp.sum(jnp.where(active, rec.lengths, 0)),
+                    "clipped": s["clipped"] + jnp.sum(active & hit_limit),
+                }
+
+            s = jax.lax.while_loop(cond, body, init)
+            s.pop("carry")
+            return s
+
+        return jax.jit(evaluate)
+
+
+def summarize_evaluation(result) -> dict[str, float]:
+    """Host floats from `evaluate`'s output; unfinished first episodes count as failures."""
+    r = jax.device_get(result)
+    first = np.asarray(r["first_return"])
+    finished = ~np.isnan(first)
+    steps = max(int(r["steps"]), 1)
+    return {
+        "success_rate": float(np.mean(np.where(finished, first > 0, False))),
+        "episode_return": float(np.nanmean(first)) if finished.any() else float("nan"),
+        "episode_length": float(np.mean(r["first_length"][finished])) if finished.any() else 0.0,
+        "finished_share": float(np.mean(finished)),
+        "invalid_action_rate": int(r["invalid"]) / steps,
+        "response_length": int(r["tokens"]) / steps,
+        "length_clip_ratio": int(r["clipped"]) / steps,
+        "episodes": int(first.size),
+        "env_steps": int(r["steps"]),
+    }

@@ -1,0 +1,210 @@
+"""Supervised warm start: cross-entropy on the response tokens of oracle demonstrations.
+
+The whole encoded dataset lives on the device; each compiled step gathers its batch by index, so
+the host loop only draws indices. Prompts are encoded with the rollout's `PromptEncoder`, so the
+policy is trained on exactly the ids it will later act on. Reading is measured separately from
+acting: with a share of deliberately wrong demonstrations the action accuracy of a good reader
+stays near 1 - wrong_share, while `fact_accuracy` (the response agrees with the truth up to the
+end of the first sentence of its thoughts, where the picture has been read out) should reach 1.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlvlm_jax.models import sampling, scoring
+from rlvlm_jax.rl import sft_data
+from rlvlm_jax.rl.rollout import CODE_STRINGS, PromptEncoder, generate_with_hidden
+from rlvlm_jax.rl.train_state import stop_frozen
+from rlvlm_jax.text.byte_table import byte_table
+from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
+
+
+class SFTData(NamedTuple):
+    """Encoded demonstrations [N, ...] (device arrays once put there)."""
+
+    frames: jax.Array  # uint8 [N, S, S, 3]
+    prompt_ids: jax.Array  # int32 [N, P]
+    prompt_mask: jax.Array  # int32 [N, P]
+    response: jax.Array  # int32 [N, R] response ids + EOS, right-padded
+    response_mask: jax.Array  # int32 [N, R]
+    action: jax.Array  # int32 [N] demonstrated action
+    oracle: jax.Array  # int32 [N] the oracle's action
+
+
+_FORMULA = re.compile(r"current formula: (.*?)\. You can choose")
+_CODES = {s: c for c, s in CODE_STRINGS.items()}
+
+
+def formula_codes(prompt: str) -> list[int]:
+    """Token codes of the formula shown in an original EZPoints/Points24 prompt ("" -> [])."""
+    m = _FORMULA.search(prompt)
+    if m is None:
+        return []
+    text, codes, i = m.group(1), [], 0
+    while i < len(text):
+        if text.startswith("10", i):
+            codes.append(10)
+            i += 2
+        else:
+            codes.append(_CODES[text[i]])
+            i += 1
+    return codes
+
+
+def encode_demonstrations(data: sft_data.Demonstrations, encoder: PromptEncoder, tokenizer,
+                          response_len: int) -> SFTData:
+    """Prompts through `encoder` (formula read back from the original prompt text), responses
+    tokenised without BOS and ended with EOS. Raises if a response does not fit."""
+    n = len(data)
+    ids = np.zeros((n, encoder.length), np.int32)
+    mask = np.zeros_like(ids)
+    resp = np.full((n, response_len), encoder.pad_id, np.int32)
+    rmask = np.zeros_like(resp)
+    for i in range(n):
+        codes = formula_codes(data.prompts[i]) if encoder.num_slots else []
+        ids[i], mask[i] = encoder.host(codes)
+        toks = tokenizer(data.responses[i], add_special_tokens=False)["input_ids"]
+        toks = toks + [tokenizer.eos_token_id]
+        if len(toks) > response_len:
+            raise ValueError(
+                f"demonstration {i} is {len(toks)} tokens with EOS; max_new_tokens is "
+                f"{response_len}"
+            )
+        resp[i, : len(toks)] = toks
+        rmask[i, : len(toks)] = 1
+    return SFTData(data.images, ids, mask, resp, rmask, data.actions, data.oracle_actions)
+
+
+def make_sft_data(env, tokenizer, encoder, num: int, key, wrong_share: float, cot: bool,
+                  response_len: int) -> SFTData:
+    demos = sft_data.make_demonstrations(env, num, key, wrong_share=wrong_share, cot=cot)
+    return encode_demonstrations(demos, encoder, tokenizer, response_len)
+
+
+def sft_loss(policy, params, batch: SFTData, freeze_vision: bool = False):
+    """Mean negative log-likelihood per response token (EOS included), and metrics."""
+    params = stop_frozen(params, freeze_vision)
+    model = policy.model(params)
+    s = scoring.token_logprobs(
+        model, batch.prompt_ids, batch.prompt_mask, policy.preprocess(batch.frames),
+        batch.response, batch.response_mask,
+    )
+    n = jnp.maximum(jnp.sum(batch.response_mask), 1)
+    loss = -jnp.sum(s.logprobs) / n
+    return loss, {"loss": loss, "tokens": n}
+
+
+def make_sft_step(policy, tx: optax.GradientTransformation, freeze_vision: bool = False):
+    """Jitted `step(params, opt_state, data, idx) -> (params, opt_state, metrics)`; create once.
+
+    `data` stays on the device; `idx` [batch] picks the rows. params and opt_state are donated.
+    """
+
+    def step(params, opt_state, data, idx):
+        batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+        (_, metrics), grads = jax.value_and_grad(
+            lambda p: sft_loss(policy, p, batch, freeze_vision), has_aux=True
+        )(params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def make_sft_eval(policy, tokenizer, task: str, max_new_tokens: int):
+    """Jitted greedy `answer(params, frames, ids, mask) -> (tokens, lengths, action)`."""
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        pad_id=tokenizer.pad_token_id or 0,
+        eos_ids=(policy.cfg.eos_token_id,),
+    )
+    table = byte_table(tokenizer, policy.cfg.text.vocab_size)
+    parser = make_action_parser(task)
+
+    def answer(params, frames, ids, mask):
+        knobs = sampling.make_knobs(0.0, eos_ids=cfg.eos_ids)
+        model = policy.model(params)
+        out, _ = generate_with_hidden(
+            model, ids, mask, policy.preprocess(frames), jax.random.key(0), knobs, cfg
+        )
+        parsed, _ = jax.vmap(lambda t, n: parse_tokens(parser, table, t, n))(
+            out.tokens, out.lengths
+        )
+        return out.tokens, out.lengths, parsed.action
+
+    return jax.jit(answer)
+
+
+def fact_prefix(response: str) -> str:
+    """The response up to the end of the first sentence of its thoughts (the read-out facts)."""
+    at = response.find('"thoughts": "')
+    if at < 0:
+        return response
+    end = response.find(".", at)
+    return response[: end + 1] if end >= 0 else response
+
+
+def evaluate_sft(answer, params, data: SFTData, tokenizer, reference: list[str] | None = None,
+                 batch: int = 256) -> dict[str, float]:
+    """Greedy answers on `data`: action accuracy vs the oracle, parse rate, and (given the
+    oracle's reference responses) fact accuracy."""
+    n = int(data.prompt_ids.shape[0])
+    actions, texts = [], []
+    for lo in range(0, n, batch):
+        sl = slice(lo, min(lo + batch, n))
+        rows = jax.tree.map(lambda x, sl=sl: x[sl], data)
+        pad = batch - rows.prompt_ids.shape[0]
+        if pad:  # one compiled shape: pad the last chunk by repeating its first row
+            rows = jax.tree.map(lambda x, p=pad: jnp.concatenate([x, jnp.repeat(x[:1], p, 0)]),
+                                rows)
+        toks, lens, act = answer(params, rows.frames, rows.prompt_ids, rows.prompt_mask)
+        toks, lens, act = jax.device_get((toks, lens, act))
+        keep = batch - pad
+        actions.append(act[:keep])
+        texts += [tokenizer.decode(t[:k], skip_special_tokens=True)
+                  for t, k in zip(toks[:keep], lens[:keep], strict=True)]
+    actions = np.concatenate(actions)
+    oracle = np.asarray(data.oracle)
+    out = {
+        "action_accuracy": float(np.mean(actions == oracle)),
+        "parse_rate": float(np.mean(actions >= 0)),
+    }
+    if reference is not None:
+        out["fact_accuracy"] = float(
+            np.mean([fact_prefix(r) == t[: len(fact_prefix(r))]
+                     for r, t in zip(reference, texts, strict=True)])
+        )
+    out["sample"] = texts[0]
+    return out
+
+
+def train_sft(step_fn, params, opt_state, data: SFTData, num_steps: int, batch_size: int,
+              key, *, start: int = 0, eval_fn=None, eval_every: int = 0, log_fn=None):
+    """Runs SFT steps [start, num_steps); batch indices come from `key` and the step number, so a
+    resumed run draws the same batches. Returns (params, opt_state, history)."""
+    n = int(data.prompt_ids.shape[0])
+    history = []
+    t0 = time.time()
+    for i in range(start, num_steps):
+        idx = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, n)
+        params, opt_state, metrics = step_fn(params, opt_state, data, idx)
+        record = {"step": i + 1}
+        last = i + 1 == num_steps
+        if eval_fn is not None and eval_every and ((i + 1) % eval_every == 0 or last):
+            record.update(eval_fn(params))
+        if log_fn is not None or last or "action_accuracy" in record:
+            record.update({k: float(v) for k, v in jax.device_get(metrics).items()})
+            record["time"] = time.time() - t0
+            history.append(record)
+            if log_fn is not None:
+                log_fn(record)
+    return params, opt_state, history

@@ -1,0 +1,206 @@
+"""The policy (LLaVA + value head) built from a config, and the optimiser around it.
+
+Params travel as one plain dict `{"vlm": ..., "value": ...}` through compiled functions; the
+`Policy` holds only the static graph definitions, so jitted functions take params as arguments
+and never close over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rlvlm_jax.models.clip import VisionConfig
+from rlvlm_jax.models.llama import TextConfig
+from rlvlm_jax.models.llava import LlavaConfig, LlavaModel, draw_params
+from rlvlm_jax.models.preprocess import clip_preprocess
+from rlvlm_jax.models.value_head import ValueHead
+from rlvlm_jax.text.tokenizer import (
+    IMAGE_TOKEN,
+    build_card_tokenizer,
+    load_tokenizer,
+    model_token_ids,
+)
+
+
+def get_tokenizer(config, workdir: str | None):
+    """The configured tokenizer directory, or the card tokenizer built once into the workdir."""
+    path = config.tokenizer.path
+    if not path:
+        if workdir is None:
+            raise ValueError("config.tokenizer.path is empty and there is no workdir to build in")
+        path = os.path.join(workdir, "tokenizer")
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            build_card_tokenizer(path, config.tokenizer.vocab_size)
+    return load_tokenizer(path)
+
+
+def llava_config(config, tokenizer) -> LlavaConfig:
+    """LlavaConfig from `config.model`, with the tokenizer's special ids; checks they match."""
+    m = config.model
+    vocab = m.vocab_size or -(-len(tokenizer) // 64) * 64
+    if len(tokenizer) > vocab:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but config.model.vocab_size is {vocab}"
+        )
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
+        raise ValueError(f"tokenizer has no {IMAGE_TOKEN} token")
+    cfg = LlavaConfig(
+        vision=VisionConfig(
+            hidden_size=m.vision_hidden,
+            intermediate_size=m.vision_mlp,
+            num_layers=m.vision_layers,
+            num_heads=m.vision_heads,
+            image_size=config.image_size,
+            patch_size=m.patch_size,
+        ),
+        text=TextConfig(
+            vocab_size=vocab,
+            hidden_size=m.text_hidden,
+            intermediate_size=m.text_mlp,
+            num_layers=m.text_layers,
+            num_heads=m.text_heads,
+            num_kv_heads=m.text_kv_heads,
+            max_position_embeddings=m.max_positions,
+        ),
+        vision_feature_layer=m.vision_feature_layer,
+    )
+    cfg = dataclasses.replace(cfg, **model_token_ids(tokenizer))
+    cfg.validate()
+    return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Static halves of the policy: graph definitions and the model config (hashable)."""
+
+    cfg: LlavaConfig
+    vlm_graph: nnx.GraphDef
+    value_graph: nnx.GraphDef
+    pixels: str = "clip"  # "clip": CLIP normalisation; "ink": (255 - x) / 255, blank = 0
+
+    def model(self, params) -> LlavaModel:
+        return nnx.merge(self.vlm_graph, params["vlm"])
+
+    def value(self, params, hidden: jax.Array) -> jax.Array:
+        return nnx.merge(self.value_graph, params["value"])(hidden)
+
+    def preprocess(self, frames: jax.Array) -> jax.Array:
+        """uint8 env frames -> model pixels (resized only if sizes differ).
+
+        "clip" is what pretrained towers expect. "ink" (for models trained from scratch) maps
+        white to 0 and black to 1, so blank patches embed to nothing and a digit's patch differs
+        from another digit's in every non-zero input, not by a few pixels on a large constant.
+        """
+        size = self.cfg.vision.image_size
+        if self.pixels == "clip":
+            return clip_preprocess(frames, size=size, crop=size)
+        if self.pixels == "ink":
+            x = clip_preprocess(frames, size=size, crop=size, mean=(0.0,) * 3, std=(1.0,) * 3)
+            return 1.0 - x
+        raise ValueError(f"unknown pixel mode {self.pixels!r}; use 'clip' or 'ink'")
+
+
+def init_policy(cfg: LlavaConfig, value_hidden=(1024, 512), seed: int = 0, init: str = "normal",
+                pixels: str = "clip"):
+    """(Policy, params) with every weight from one compiled random draw per module.
+
+    init: "normal" (the model package's N(0, 0.02)) or "fan_in" (see `fan_in_init`).
+    """
+    if init not in ("normal", "fan_in"):
+        raise ValueError(f"model init must be 'normal' or 'fan_in', got {init!r}")
+    vlm = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0)))
+    vlm_graph, vlm_state = nnx.split(vlm, nnx.Param)
+    head = nnx.eval_shape(
+        lambda: ValueHead(cfg.text.hidden_size, tuple(value_hidden), rngs=nnx.Rngs(0))
+    )
+    value_graph, value_state = nnx.split(head, nnx.Param)
+    k_vlm, k_value = jax.random.split(jax.random.key(seed))
+    params = {"vlm": draw_params(vlm_state, k_vlm), "value": draw_params(value_state, k_value)}
+    if init == "fan_in":
+        params["vlm"] = jax.jit(fan_in_init)(params["vlm"])
+    return Policy(cfg, vlm_graph, value_graph, pixels), params
+
+
+_EMBEDDINGS = ("embed", "pos_embed", "class_embed")
+_HEADS_IN = ("q_proj", "k_proj", "v_proj")  # (d, heads, head_dim): fan-in is d
+
+
+def fan_in_init(vlm_params, embed_std: float = 1.0):
+    """Rescale a freshly drawn N(0, 0.02) LLaVA to N(0, 1 / fan_in) matrices and N(0, embed_std)
+    token embeddings (PyTorch-like scales).
+
+    0.02 suits 4096-wide pretrained models; in a 64-128-wide model it shrinks every linear map
+    ~4x at init, blocks barely contribute, and in our runs a tiny model then never learnt to read
+    the picture within hundreds of SFT steps. Norm scales and biases are untouched.
+    """
+
+    def rescale(path, x):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if x.ndim < 2 and name != "class_embed":
+            return x
+        if name in _EMBEDDINGS:
+            return x * (embed_std / 0.02) if name == "embed" else x
+        fan_in = x.shape[0] if name in _HEADS_IN else int(np.prod(x.shape[:-1]))
+        return x * ((1.0 / np.sqrt(fan_in)) / 0.02)
+
+    return jax.tree_util.tree_map_with_path(rescale, vlm_params)
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def warmup_cosine(lr: float, steps: int, warmup: int = 0, end: float | None = None):
+    """Linear warm-up to `lr`, then cosine to `end` (lr / 10 by default) at `steps`."""
+    end = lr / 10 if end is None else end
+    steps = max(int(steps), 1)
+    warmup = min(int(warmup), steps - 1)
+    if warmup <= 0:
+        return optax.cosine_decay_schedule(lr, steps, alpha=end / lr if lr else 0.0)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps, end)
+
+
+def trainable_labels(params, freeze_vision: bool):
+    """'frozen' for the vision tower's leaves when `freeze_vision`, else 'train'."""
+
+    def label(path, _):
+        keys = [getattr(k, "key", None) for k in path[:2]]
+        return "frozen" if freeze_vision and keys == ["vlm", "vision"] else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(schedule, weight_decay: float, grad_clip: float, params,
+                   freeze_vision: bool = False) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW (decay on matrices only); frozen leaves get no update."""
+    def decay_mask(tree):
+        return jax.tree.map(lambda p: p.ndim >= 2, tree)
+
+    inner = optax.chain(
+        optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
+        optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask),
+    )
+    if not freeze_vision:
+        return inner
+    labels = trainable_labels(params, True)
+    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
+
+
+def stop_frozen(params, freeze_vision: bool):
+    """Stop gradients into the vision tower, so the backward pass skips it entirely."""
+    if not freeze_vision:
+        return params
+    vlm = dict(params["vlm"])
+    vlm["vision"] = jax.lax.stop_gradient(vlm["vision"])
+    return {**params, "vlm": vlm}
+
+
+def tree_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
