@@ -30,8 +30,9 @@ from rlvlm_jax.text.tokenizer import (
 
 
 def get_tokenizer(config, workdir: str | None):
-    """The configured tokenizer directory, or the card tokenizer built once into the workdir."""
-    path = config.tokenizer.path
+    """The configured tokenizer directory, else the pretrained checkpoint's, else the card
+    tokenizer built once into the workdir."""
+    path = config.tokenizer.path or config.model.get("checkpoint", "")
     if not path:
         if workdir is None:
             raise ValueError("config.tokenizer.path is empty and there is no workdir to build in")
@@ -39,6 +40,30 @@ def get_tokenizer(config, workdir: str | None):
         if not os.path.isfile(os.path.join(path, "tokenizer.json")):
             build_card_tokenizer(path, config.tokenizer.vocab_size)
     return load_tokenizer(path)
+
+
+def check_tokenizer(cfg: LlavaConfig, tokenizer) -> None:
+    """The tokenizer must fit the model: vocabulary size and the image placeholder id."""
+    if len(tokenizer) > cfg.text.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than the model's "
+                         f"vocabulary of {cfg.text.vocab_size}")
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if image_id != cfg.image_token_id:
+        raise ValueError(f"tokenizer's {IMAGE_TOKEN} id {image_id} != the model's image token "
+                         f"id {cfg.image_token_id}")
+
+
+def load_pretrained(config, tokenizer):
+    """(LlavaConfig, params) from `config.model.checkpoint`, a transformers LLaVA directory."""
+    from rlvlm_jax.models.conversion import load_hf_checkpoint
+
+    cfg, params = load_hf_checkpoint(config.model.checkpoint, config.model.param_dtype)
+    if cfg.vision.image_size != config.image_size:
+        raise ValueError(f"the checkpoint's vision tower takes {cfg.vision.image_size} px; "
+                         f"config.image_size is {config.image_size} (frames are resized only "
+                         "by preprocessing: set image_size to the tower's size or render larger)")
+    check_tokenizer(cfg, tokenizer)
+    return cfg, params
 
 
 def llava_config(config, tokenizer) -> LlavaConfig:
@@ -108,14 +133,18 @@ class Policy:
 
 
 def init_policy(cfg: LlavaConfig, value_hidden=(1024, 512), seed: int = 0, init: str = "normal",
-                pixels: str = "clip"):
+                pixels: str = "clip", *, dtype="float32", param_dtype="float32",
+                pretrained: dict | None = None, remat: bool = False):
     """(Policy, params) with every weight from one compiled random draw per module.
 
-    init: "normal" (the model package's N(0, 0.02)) or "fan_in" (see `fan_in_init`).
+    init: "normal" (the model package's N(0, 0.02)) or "fan_in" (see `fan_in_init`);
+    `pretrained` (params from `conversion.load_hf_checkpoint`) replaces the LLaVA weights, the
+    value head is always fresh. dtype is the compute dtype, param_dtype the stored one.
     """
     if init not in ("normal", "fan_in"):
         raise ValueError(f"model init must be 'normal' or 'fan_in', got {init!r}")
-    vlm = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0)))
+    kw = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), remat=remat)
+    vlm = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0), **kw))
     vlm_graph, vlm_state = nnx.split(vlm, nnx.Param)
     head = nnx.eval_shape(
         lambda: ValueHead(cfg.text.hidden_size, tuple(value_hidden), rngs=nnx.Rngs(0))
@@ -123,7 +152,13 @@ def init_policy(cfg: LlavaConfig, value_hidden=(1024, 512), seed: int = 0, init:
     value_graph, value_state = nnx.split(head, nnx.Param)
     k_vlm, k_value = jax.random.split(jax.random.key(seed))
     params = {"vlm": draw_params(vlm_state, k_vlm), "value": draw_params(value_state, k_value)}
-    if init == "fan_in":
+    if pretrained is not None:
+        want = jax.tree.map(lambda x: (x.shape, x.dtype), params["vlm"])
+        have = jax.tree.map(lambda x: (x.shape, jnp.dtype(param_dtype)), pretrained)
+        if want != have:
+            raise ValueError("pretrained params do not match the model config")
+        params["vlm"] = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), pretrained)
+    elif init == "fan_in":
         params["vlm"] = jax.jit(fan_in_init)(params["vlm"])
     return Policy(cfg, vlm_graph, value_graph, pixels), params
 

@@ -1,0 +1,84 @@
+"""Evaluate a trained policy: success rate over N first episodes at a temperature (or greedy).
+
+    python -m rlvlm_jax.evaluate --config experiments/numberline_tiny.py --workdir outputs/nl \
+        --episodes 500 --temperature 0.2 [--step 250] [--sft_only]
+
+Reads the newest (or `--step`) checkpoint of the workdir's run, plays `--episodes` environments
+until each has finished its first episode (one compiled while loop), and writes the result as
+JSON (`eval_<step>_t<temperature>.json` in the workdir) and to TensorBoard (`tb/`, under
+`evaluate/`). A temperature <= 0 is greedy decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rlvlm_jax.checkpoints import CheckpointError
+from rlvlm_jax.rl.rollout import summarize_evaluation
+from rlvlm_jax.train import Job
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "the run's experiment config")
+_WORKDIR = flags.DEFINE_string("workdir", None, "the run's output directory")
+_EPISODES = flags.DEFINE_integer("episodes", 500, "first episodes to play (one per env)")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.2, "sampling temperature (<= 0: greedy)")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
+_SEED = flags.DEFINE_integer("seed", 1234, "seed of the evaluation episodes")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def evaluate_checkpoint(config, workdir: str, episodes: int, temperature: float,
+                        step: int | None = None, seed: int = 1234) -> dict:
+    """Restore params from `workdir` and evaluate them; returns (and writes) the summary."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.eval.episodes = episodes
+    job = Job(config, workdir)
+    step = job.ckpt.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {job.ckpt.directory}")
+    meta = job.ckpt.read_meta(step)
+    params = job.init_params
+    if meta["stage"] == "sft":
+        state, _ = job.ckpt.restore({"params": params, "opt": job.sft_tx.init(params)}, step)
+    else:
+        carry = job.actor.reset(jax.random.key(0), config.ppo.num_envs)
+        ref = params if config.ppo.kl_coef > 0 else None
+        state, _ = job.ckpt.restore(
+            job.ppo_state(params, job.ppo_tx.init(params), carry, jax.random.key(0), ref), step)
+    t0 = time.time()
+    out = summarize_evaluation(
+        job.evaluate_fn(state["params"], jax.random.key(seed), jnp.float32(temperature)))
+    out.update(eval_seconds=time.time() - t0, checkpoint_step=step, stage=meta["stage"],
+               temperature=temperature)
+    job.writer.scalars(step, out, f"evaluate/t{temperature:g}/")
+    job.writer.close()
+    path = os.path.join(workdir, f"eval_{step}_t{temperature:g}.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        out = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _EPISODES.value,
+                                  _TEMPERATURE.value, _STEP.value, _SEED.value)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

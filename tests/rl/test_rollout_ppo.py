@@ -1,0 +1,149 @@
+"""Rollout and PPO update with a tiny random model: shapes, masks, invalid-action counting, the
+sampler's log-probs equal the trainer's, one update changes the params, no recompilation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rlvlm_jax.envs as envs
+from rlvlm_jax.rl import losses, ppo
+from rlvlm_jax.rl import train_state as ts
+from rlvlm_jax.rl.rollout import Actor, PromptEncoder
+from tests.models.compiles import count_compiles
+from tests.rl.test_sft import load_config
+
+T, B = 2, 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    c = load_config()
+    c.max_new_tokens = 12  # random models rarely stop: keep the decode short
+    tok = ts.get_tokenizer(c, str(tmp_path_factory.mktemp("tok")))
+    cfg = ts.llava_config(c, tok)
+    policy, params = ts.init_policy(cfg, c.model.value_hidden, 0)
+    env, env_params = envs.make("NumberLine", image_size=c.image_size, final_observation=True)
+    enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
+    actor = Actor(env, env_params, policy, tok, enc, c.max_new_tokens, 0.5)
+    rollout = actor.make_rollout(T)
+    carry = actor.reset(jax.random.key(0), B)
+    out = rollout(params, carry, jax.random.key(1), jnp.float32(1.0))
+    return c, tok, policy, params, actor, rollout, carry, out
+
+
+def test_rollout_shapes_and_masks(setup):
+    c, tok, policy, params, actor, rollout, carry, (new_carry, traj, last_value) = setup
+    r = c.max_new_tokens
+    assert traj.tokens.shape == (T, B, r)
+    assert traj.frames.shape == (T, B, c.image_size, c.image_size, 3)
+    assert traj.prompt_ids.shape == (T, B, actor.encoder.length)
+    assert last_value.shape == (B,)
+    valid = np.arange(r)[None, None] < np.asarray(traj.lengths)[..., None]
+    cot, act = np.asarray(traj.cot_mask), np.asarray(traj.action_mask)
+    assert not np.any(cot & act)
+    np.testing.assert_array_equal(cot | act, valid)
+    assert np.all((np.asarray(traj.action) >= 0) & (np.asarray(traj.action) < 2))
+    # lambda-scaled log-prob from the sampler's per-token log-probs
+    want = losses.action_log_prob(traj.token_logp, traj.cot_mask, traj.action_mask, 0.5)
+    np.testing.assert_allclose(traj.logp, want, rtol=1e-6)
+    # The first picture is the reset state's, the next ones follow the env.
+    np.testing.assert_array_equal(traj.frames[0], carry.state.canvas)
+    assert np.all(np.isfinite(np.asarray(traj.value)))
+
+
+def test_invalid_answers_are_counted_and_get_legal_actions(setup):
+    c, tok, policy, params, actor, rollout, carry, (_, traj, _) = setup
+    texts = [tok.decode(np.asarray(traj.tokens[t, b])[: int(traj.lengths[t, b])])
+             for t in range(T) for b in range(B)]
+    from rlvlm_jax.envs.parse import parse_action
+
+    host = np.asarray([parse_action("NumberLine", s)[0] is not None for s in texts]).reshape(T, B)
+    np.testing.assert_array_equal(np.asarray(traj.parsed), host)
+    metrics = jax.device_get(ppo.rollout_metrics(traj, c.max_new_tokens))
+    assert metrics["invalid_action_rate"] == pytest.approx(1.0 - host.mean())
+
+
+def test_sampler_and_trainer_log_probs_agree(setup):
+    """The PPO ratio starts at 1: teacher-forced log-probs equal the sampler's."""
+    c, tok, policy, params, actor, rollout, carry, (_, traj, _) = setup
+    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
+    mask = np.arange(c.max_new_tokens)[None] < np.asarray(flat.lengths)[:, None]
+    lp, ent, hidden = ppo.score(policy.model(params), flat.prompt_ids, flat.prompt_mask,
+                                policy.preprocess(flat.frames), flat.tokens, jnp.asarray(mask),
+                                1.0)
+    np.testing.assert_allclose(lp, flat.token_logp, atol=2e-4)
+    np.testing.assert_allclose(policy.value(params, hidden), flat.value, atol=1e-4)
+    assert np.all(np.asarray(ent)[mask] > 0)
+
+
+def test_one_update_changes_params_and_never_recompiles(setup):
+    c, tok, policy, params, actor, rollout, carry, (new_carry, traj, last_value) = setup
+    c.ppo.kl_coef = 0.01  # exercise the reference path too
+    tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, params, freeze_vision=True)
+    update = ppo.make_ppo_update(policy, tx, c.ppo)
+    start = jax.tree.map(jnp.copy, params)
+    p = jax.tree.map(jnp.copy, params)
+    opt = tx.init(p)
+    p, opt, m = update(p, opt, traj, last_value, jax.random.key(2), start)
+    m = jax.device_get(m)
+    assert bool(m["finite"])
+    for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy", "kl_ref",
+              "grad_norm"):
+        assert np.isfinite(m[k]), k
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), p, start)
+    assert moved["vlm"]["text"]["embed"] and moved["value"]["kernel_0"]
+    assert not any(jax.tree.leaves(moved["vlm"]["vision"]))  # frozen vision tower
+    # Second iteration: same shapes, new values -> no compilation at all.
+    with count_compiles() as seen:
+        carry2, traj2, last2 = rollout(p, new_carry, jax.random.key(3), jnp.float32(1.0))
+        p, opt, m = update(p, opt, traj2, last2, jax.random.key(4), start)
+        jax.block_until_ready(p)
+    assert seen == [], f"{len(seen)} compilations after the first iteration"
+
+
+def test_nonfinite_update_is_not_applied(setup):
+    c, tok, policy, params, actor, rollout, carry, (_, traj, last_value) = setup
+    c.ppo.kl_coef = 0.0
+    tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, params)
+    update = ppo.make_ppo_update(policy, tx, c.ppo)
+    bad = traj._replace(reward=traj.reward.at[0, 0].set(jnp.nan))
+    p = jax.tree.map(jnp.copy, params)
+    p2, _, m = update(p, tx.init(p), bad, last_value, jax.random.key(5), None)
+    assert not bool(m["finite"])
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), p2, params)
+
+
+def test_rollouts_with_a_formula_prompt(tmp_path):
+    """EZPoints: every step's prompt carries that step's formula (built on the device)."""
+    c = load_config()
+    c.max_new_tokens = 6
+    c.image_size = 76  # EZPoints' smallest legible picture
+    c.model.patch_size = 19  # 16 image tokens
+    tok = ts.get_tokenizer(c, str(tmp_path))
+    cfg = ts.llava_config(c, tok)
+    policy, params = ts.init_policy(cfg, c.model.value_hidden, 0)
+    env, env_params = envs.make("EZPoints", image_size=76, final_observation=True)
+    enc = PromptEncoder(tok, "EZPoints", True, "short", cfg.num_image_tokens,
+                        max_formula=env.max_tokens + 1)
+    actor = Actor(env, env_params, policy, tok, enc, c.max_new_tokens)
+    n, steps = 3, 4
+    carry = actor.reset(jax.random.key(0), n)
+    _, traj, _ = actor.make_rollout(steps)(params, carry, jax.random.key(1), jnp.float32(1.0))
+    head, tail = "USER: \nEZPoints json with thoughts formula: ", " ASSISTANT:"
+    strings = env.action_strings
+    for b in range(n):
+        formulas = []
+        for t in range(steps):
+            ids = np.asarray(traj.prompt_ids[t, b])[np.asarray(traj.prompt_mask[t, b]) > 0]
+            text = tok.decode(ids, skip_special_tokens=True)
+            assert text.startswith(head) and text.endswith(tail), text
+            formulas.append(text[len(head): -len(tail)])
+        assert formulas[0] == ""
+        for t in range(1, steps):
+            if bool(traj.terminated[t - 1, b] | traj.truncated[t - 1, b]):
+                assert formulas[t] == ""
+                continue
+            a = strings[int(traj.action[t - 1, b])]
+            assert formulas[t] in (formulas[t - 1] + a, formulas[t - 1] + " ",
+                                   formulas[t - 1]), (formulas, a)
