@@ -13,7 +13,7 @@ from rlvlm_jax.rl.rollout import Actor, PromptEncoder
 from tests.models.compiles import count_compiles
 from tests.rl.test_sft import load_config
 
-T, B = 2, 4
+T, B = 2, 8  # B divides an 8-device mesh
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +77,18 @@ def test_sampler_and_trainer_log_probs_agree(setup):
     assert np.all(np.asarray(ent)[mask] > 0)
 
 
-def test_one_update_changes_params_and_never_recompiles(setup):
-    c, tok, policy, params, actor, rollout, carry, (new_carry, traj, last_value) = setup
+@pytest.fixture(scope="module")
+def updater(setup):
+    c, tok, policy, params, *_ = setup
+    c = c.copy_and_resolve_references()
     c.ppo.kl_coef = 0.01  # exercise the reference path too
     tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, params, freeze_vision=True)
-    update = ppo.make_ppo_update(policy, tx, c.ppo)
+    return tx, ppo.make_ppo_update(policy, tx, c.ppo)
+
+
+def test_one_update_changes_params_and_never_recompiles(setup, updater):
+    c, tok, policy, params, actor, rollout, carry, (new_carry, traj, last_value) = setup
+    tx, update = updater
     start = jax.tree.map(jnp.copy, params)
     p = jax.tree.map(jnp.copy, params)
     opt = tx.init(p)
@@ -102,14 +109,12 @@ def test_one_update_changes_params_and_never_recompiles(setup):
     assert seen == [], f"{len(seen)} compilations after the first iteration"
 
 
-def test_nonfinite_update_is_not_applied(setup):
+def test_nonfinite_update_is_not_applied(setup, updater):
     c, tok, policy, params, actor, rollout, carry, (_, traj, last_value) = setup
-    c.ppo.kl_coef = 0.0
-    tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, params)
-    update = ppo.make_ppo_update(policy, tx, c.ppo)
+    tx, update = updater
     bad = traj._replace(reward=traj.reward.at[0, 0].set(jnp.nan))
     p = jax.tree.map(jnp.copy, params)
-    p2, _, m = update(p, tx.init(p), bad, last_value, jax.random.key(5), None)
+    p2, _, m = update(p, tx.init(p), bad, last_value, jax.random.key(5), params)
     assert not bool(m["finite"])
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), p2, params)
 
@@ -147,3 +152,36 @@ def test_rollouts_with_a_formula_prompt(tmp_path):
             a = strings[int(traj.action[t - 1, b])]
             assert formulas[t] in (formulas[t - 1] + a, formulas[t - 1] + " ",
                                    formulas[t - 1]), (formulas, a)
+
+
+def test_eight_devices_equal_one(setup, updater):
+    """One compiled iteration (rollout + update) on a (data 4, fsdp 2) mesh of 8 simulated
+    devices gives the single-device results."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from rlvlm_jax.sharding import make_mesh, shard_params
+
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    c, tok, policy, params, actor, rollout, carry, (_, traj, last_value) = setup
+    tx, update = updater
+    p1 = jax.tree.map(jnp.copy, params)
+    p1, _, m1 = update(p1, tx.init(p1), traj, last_value, jax.random.key(7), params)
+
+    mesh = make_mesh((4, 2, 1))
+    with jax.set_mesh(mesh):
+        sharded = {k: shard_params(v, mesh) for k, v in params.items()}
+        batch_axis = NamedSharding(mesh, P(None, ("data", "fsdp")))
+        carry8 = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp")))),
+                              carry)
+        _, traj8, last8 = rollout(sharded, carry8, jax.random.key(1), jnp.float32(1.0))
+        assert len(traj8.tokens.sharding.device_set) == 8
+        np.testing.assert_array_equal(traj8.tokens, traj.tokens)
+        np.testing.assert_allclose(traj8.logp, traj.logp, atol=1e-4)
+        traj8 = jax.tree.map(lambda x: jax.device_put(x, batch_axis), traj8)
+        p8 = jax.tree.map(jnp.copy, sharded)
+        p8, _, m8 = update(p8, tx.init(p8), traj8, last8, jax.random.key(7), sharded)
+    for k in ("policy_loss", "value_loss", "approx_kl", "grad_norm"):
+        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-3, atol=1e-5, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p8, p1)
