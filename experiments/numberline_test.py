@@ -49,4 +49,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.every = 0  # no mid-PPO evaluations
     c.log_every = 1  # log every iteration
     c.checkpoint_every = 1  # checkpoint every iteration
+    c.fast_compile = True  # tests: compile time dominates
     return c

@@ -98,4 +98,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 5  # PPO iterations between console lines / TensorBoard scalars
     c.checkpoint_every = 20  # PPO iterations between checkpoints
     c.keep_checkpoints = 3  # newest checkpoints kept
+    c.fast_compile = False  # XLA optimisation level 0: compiles faster, runs slower (tests)
     return c

@@ -98,6 +98,7 @@ class Job:
             remat=c.model.remat)
         self.num_params = ts.count_params(self.init_params)
 
+        xla = {"xla_backend_optimization_level": 0} if c.get("fast_compile") else None
         root = jax.random.key(c.seed)
         self.k_data, self.k_held, self.k_sft, self.k_ppo, self.k_eval = jax.random.split(root, 5)
 
@@ -105,9 +106,9 @@ class Job:
         self.sft_tx = ts.make_optimizer(
             ts.warmup_cosine(c.sft.lr, c.sft.steps, c.sft.warmup), c.sft.weight_decay,
             c.sft.grad_clip, self.init_params)
-        self.sft_step = sft_lib.make_sft_step(self.policy, self.sft_tx)
+        self.sft_step = sft_lib.make_sft_step(self.policy, self.sft_tx, compiler_options=xla)
         self.sft_answer = sft_lib.make_sft_eval(self.policy, self.tokenizer, c.task,
-                                                c.max_new_tokens)
+                                                c.max_new_tokens, compiler_options=xla)
         # PPO
         updates = max(1, c.ppo.iterations * c.ppo.epochs * c.ppo.minibatches)
         self.ppo_schedule = ts.warmup_cosine(c.ppo.lr, updates, c.ppo.warmup, c.ppo.lr_end)
@@ -115,11 +116,11 @@ class Job:
                                         self.init_params, c.ppo.freeze_vision)
         self.actor = Actor(self.env, self.env_params, self.policy, self.tokenizer, self.encoder,
                            c.max_new_tokens, c.ppo.thought_lambda, c.ppo.action_only, bootstrap)
-        self.rollout = self.actor.make_rollout(c.ppo.num_steps)
-        self.update = ppo_lib.make_ppo_update(self.policy, self.ppo_tx, c.ppo)
+        self.rollout = self.actor.make_rollout(c.ppo.num_steps, xla)
+        self.update = ppo_lib.make_ppo_update(self.policy, self.ppo_tx, c.ppo, xla)
         self.rollout_metrics = jax.jit(
             lambda traj: ppo_lib.rollout_metrics(traj, c.max_new_tokens))
-        self.evaluate_fn = self.actor.make_evaluate(c.eval.episodes, c.eval.max_steps)
+        self.evaluate_fn = self.actor.make_evaluate(c.eval.episodes, c.eval.max_steps, xla)
 
     def attach(self, workdir: str) -> None:
         """Point outputs (config.json, TensorBoard, checkpoints) at `workdir`; the compiled

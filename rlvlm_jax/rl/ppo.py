@@ -72,7 +72,8 @@ def _chunked(fn, tree, size: int):
     return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
 
 
-def make_ppo_update(policy, tx: optax.GradientTransformation, ppo):
+def make_ppo_update(policy, tx: optax.GradientTransformation, ppo,
+                    compiler_options: dict | None = None):
     """Jitted `update(params, opt_state, traj, last_value, key, ref_params) -> (params,
     opt_state, metrics)`; create once. `ppo` is the config section (read at build time).
 
@@ -198,7 +199,7 @@ def make_ppo_update(policy, tx: optax.GradientTransformation, ppo):
         )
         return params, opt_state, metrics
 
-    return jax.jit(update, donate_argnums=(0, 1))
+    return jax.jit(update, donate_argnums=(0, 1), compiler_options=compiler_options)
 
 
 def rollout_metrics(traj: Trajectory, max_new_tokens: int) -> dict[str, jax.Array]:

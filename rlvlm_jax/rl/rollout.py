@@ -328,7 +328,7 @@ class Actor:
         ids, mask = self.prompts(carry.state, b)
         return self.value_of(params, ids, mask, carry.state.canvas)
 
-    def make_rollout(self, num_steps: int):
+    def make_rollout(self, num_steps: int, compiler_options: dict | None = None):
         """Jitted `rollout(params, carry, key, temperature) -> (carry, Trajectory, last_value)`."""
 
         def rollout(params, carry, key, temperature):
@@ -340,9 +340,9 @@ class Actor:
             carry, traj = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
             return carry, traj, self.last_value(params, carry)
 
-        return jax.jit(rollout)
+        return jax.jit(rollout, compiler_options=compiler_options)
 
-    def make_evaluate(self, num_envs: int, max_steps: int):
+    def make_evaluate(self, num_envs: int, max_steps: int, compiler_options: dict | None = None):
         """Jitted `evaluate(params, key, temperature) -> dict` over each env's first episode.
 
         Steps all envs until every first episode has ended (or `max_steps`), in a while loop.
@@ -389,7 +389,7 @@ class Actor:
             s.pop("carry")
             return s
 
-        return jax.jit(evaluate)
+        return jax.jit(evaluate, compiler_options=compiler_options)
 
 
 def summarize_evaluation(result) -> dict[str, float]:

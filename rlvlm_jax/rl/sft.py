@@ -102,7 +102,8 @@ def sft_loss(policy, params, batch: SFTData, freeze_vision: bool = False):
     return loss, {"loss": loss, "tokens": n}
 
 
-def make_sft_step(policy, tx: optax.GradientTransformation, freeze_vision: bool = False):
+def make_sft_step(policy, tx: optax.GradientTransformation, freeze_vision: bool = False,
+                  compiler_options: dict | None = None):
     """Jitted `step(params, opt_state, data, idx) -> (params, opt_state, metrics)`; create once.
 
     `data` stays on the device; `idx` [batch] picks the rows. params and opt_state are donated.
@@ -117,10 +118,11 @@ def make_sft_step(policy, tx: optax.GradientTransformation, freeze_vision: bool 
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options)
 
 
-def make_sft_eval(policy, tokenizer, task: str, max_new_tokens: int):
+def make_sft_eval(policy, tokenizer, task: str, max_new_tokens: int,
+                  compiler_options: dict | None = None):
     """Jitted greedy `answer(params, frames, ids, mask) -> (tokens, lengths, action)`."""
     cfg = sampling.SamplingConfig(
         max_new_tokens=max_new_tokens,
@@ -141,7 +143,7 @@ def make_sft_eval(policy, tokenizer, task: str, max_new_tokens: int):
         )
         return out.tokens, out.lengths, parsed.action
 
-    return jax.jit(answer)
+    return jax.jit(answer, compiler_options=compiler_options)
 
 
 def fact_prefix(response: str) -> str:

@@ -14,6 +14,7 @@ from tests.models.compiles import count_compiles
 from tests.rl.test_sft import load_config
 
 T, B = 2, 8  # B divides an 8-device mesh
+FAST = {"xla_backend_optimization_level": 0}  # compile time dominates these tests
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def setup(tmp_path_factory):
     env, env_params = envs.make("NumberLine", image_size=c.image_size, final_observation=True)
     enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
     actor = Actor(env, env_params, policy, tok, enc, c.max_new_tokens, 0.5)
-    rollout = actor.make_rollout(T)
+    rollout = actor.make_rollout(T, FAST)
     carry = actor.reset(jax.random.key(0), B)
     out = rollout(params, carry, jax.random.key(1), jnp.float32(1.0))
     return c, tok, policy, params, actor, rollout, carry, out
@@ -83,7 +84,7 @@ def updater(setup):
     c = c.copy_and_resolve_references()
     c.ppo.kl_coef = 0.01  # exercise the reference path too
     tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, params, freeze_vision=True)
-    return tx, ppo.make_ppo_update(policy, tx, c.ppo)
+    return tx, ppo.make_ppo_update(policy, tx, c.ppo, FAST)
 
 
 def test_one_update_changes_params_and_never_recompiles(setup, updater):
@@ -134,7 +135,7 @@ def test_rollouts_with_a_formula_prompt(tmp_path):
     actor = Actor(env, env_params, policy, tok, enc, c.max_new_tokens)
     n, steps = 3, 4
     carry = actor.reset(jax.random.key(0), n)
-    _, traj, _ = actor.make_rollout(steps)(params, carry, jax.random.key(1), jnp.float32(1.0))
+    _, traj, _ = actor.make_rollout(steps, FAST)(params, carry, jax.random.key(1), jnp.float32(1.0))
     head, tail = "USER: \nEZPoints json with thoughts formula: ", " ASSISTANT:"
     strings = env.action_strings
     for b in range(n):
