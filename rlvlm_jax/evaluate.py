@@ -41,6 +41,11 @@ def evaluate_checkpoint(config, workdir: str, episodes: int, temperature: float,
     with config.unlocked():
         config.eval.episodes = episodes
     job = Job(config, workdir)
+    with job.mesh_context():
+        return _evaluate(job, config, workdir, episodes, temperature, step, seed)
+
+
+def _evaluate(job, config, workdir, episodes, temperature, step, seed) -> dict:
     step = job.ckpt.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"no checkpoint in {job.ckpt.directory}")
@@ -49,7 +54,7 @@ def evaluate_checkpoint(config, workdir: str, episodes: int, temperature: float,
     if meta["stage"] == "sft":
         state, _ = job.ckpt.restore({"params": params, "opt": job.sft_tx.init(params)}, step)
     else:
-        carry = job.actor.reset(jax.random.key(0), config.ppo.num_envs)
+        carry = job.reset_envs(jax.random.key(0))
         ref = params if config.ppo.kl_coef > 0 else None
         state, _ = job.ckpt.restore(
             job.ppo_state(params, job.ppo_tx.init(params), carry, jax.random.key(0), ref), step)

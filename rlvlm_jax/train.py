@@ -13,6 +13,7 @@ Outputs in the workdir: tokenizer/, checkpoints/, tb/ (TensorBoard), config.json
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -24,6 +25,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import serialization
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 import rlvlm_jax.envs as envs
@@ -33,6 +36,7 @@ from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl import sft_data
 from rlvlm_jax.rl import train_state as ts
 from rlvlm_jax.rl.rollout import Actor, EnvCarry, PromptEncoder, summarize_evaluation
+from rlvlm_jax.sharding import BATCH, make_mesh, shard_params
 from rlvlm_jax.tensorboard import Progress, Writer, reflection_metrics
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -60,6 +64,16 @@ def validate_config(config) -> None:
             raise ValueError("ppo.temperature must be > 0 (log-probs are taken at it)")
         if not 0.0 <= p.thought_lambda <= 1.0:
             raise ValueError(f"ppo.thought_lambda must be in [0, 1], got {p.thought_lambda}")
+    if config.get("mesh"):
+        shape = [int(x) for x in str(config.mesh).split(",")]
+        if len(shape) != 3:
+            raise ValueError(f"config.mesh must be 'data,fsdp,tensor' sizes, got {config.mesh!r}")
+        per = shape[0] * shape[1]
+        for name, n in (("ppo.num_envs", p.num_envs), ("eval.episodes", config.eval.episodes),
+                        ("sft.batch_size", config.sft.batch_size)):
+            if n and n % per:
+                raise ValueError(f"{name} = {n} does not divide over the mesh's data x fsdp = "
+                                 f"{per} devices")
     if not 0.0 <= config.sft.wrong_share <= 1.0:
         raise ValueError(f"sft.wrong_share must be in [0, 1], got {config.sft.wrong_share}")
     if config.sft.steps > 0 and config.sft.batch_size > config.sft.num_demos:
@@ -97,6 +111,11 @@ class Job:
             dtype=c.model.dtype, param_dtype=c.model.param_dtype, pretrained=pretrained,
             remat=c.model.remat)
         self.num_params = ts.count_params(self.init_params)
+        self.mesh = None
+        if c.get("mesh"):
+            self.mesh = make_mesh(tuple(int(x) for x in str(c.mesh).split(",")))
+            self.init_params = {k: shard_params(v, self.mesh)
+                                for k, v in self.init_params.items()}
 
         xla = {"xla_backend_optimization_level": 0} if c.get("fast_compile") else None
         root = jax.random.key(c.seed)
@@ -131,6 +150,18 @@ class Job:
         self.writer = Writer(os.path.join(workdir, "tb"))
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                                  self.config.keep_checkpoints)
+
+    def mesh_context(self):
+        """The mesh for every compiled call (activations constrained), or nothing."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+    def reset_envs(self, key) -> EnvCarry:
+        """Fresh env states, split over the mesh's batch axes when there is a mesh."""
+        carry = self.actor.reset(key, self.config.ppo.num_envs)
+        if self.mesh is None:
+            return carry
+        batch = NamedSharding(self.mesh, P(BATCH))
+        return jax.tree.map(lambda x: jax.device_put(x, batch), carry)
 
     def _check_config_file(self) -> None:
         path = os.path.join(self.workdir, "config.json")
@@ -316,11 +347,16 @@ def train(config, workdir: str, *, job: Job | None = None,
     `job` reuses compiled functions from an earlier Job with the same config (tests, sweeps);
     `interrupt_after` stops after that many PPO iterations, as a crash would (tests of resume).
     """
-    t_start = time.time()
     if job is None:
         job = Job(config, workdir)
     else:
         job.attach(workdir)
+    with job.mesh_context():
+        return _train(job, config, workdir, interrupt_after)
+
+
+def _train(job: Job, config, workdir: str, interrupt_after: int | None) -> dict:
+    t_start = time.time()
     c = config
     print(f"[setup] {c.task}: {job.num_params:,} params, prompt {job.encoder.length} tokens, "
           f"vocab {job.cfg.text.vocab_size}, workdir {workdir}", flush=True)
@@ -348,7 +384,7 @@ def train(config, workdir: str, *, job: Job | None = None,
         params = state["params"]
 
     rng = jax.random.fold_in(job.k_ppo, 0)
-    carry = job.actor.reset(jax.random.fold_in(job.k_ppo, 1), c.ppo.num_envs)
+    carry = job.reset_envs(jax.random.fold_in(job.k_ppo, 1))
     if stage == "ppo":
         ref = params if c.ppo.kl_coef > 0 else None
         target = job.ppo_state(params, job.ppo_tx.init(params), carry, rng, ref)

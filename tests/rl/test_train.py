@@ -97,6 +97,8 @@ def test_changed_model_in_same_workdir_is_refused(runs):
         ("ppo.temperature", 0.0, "temperature"),
         ("task", "Chess", "not one of"),
         ("sft.wrong_share", 1.5, "wrong_share"),
+        ("mesh", "3,1,1", "does not divide over the mesh"),
+        ("mesh", "8,1", "data,fsdp,tensor"),
     ],
 )
 def test_bad_values_fail_before_compiling(field, value, message):
