@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft.grad_clip = 1.0  # global-norm clipping
     c.sft.eval_every = 50  # greedy answers on held-out demonstrations every N steps
     c.sft.eval_samples = 256  # held-out demonstrations per SFT evaluation
+    c.sft.json = ""  # LLaVA-format SFT JSON to train on instead of generated demonstrations
     c.sft.checkpoint_every = 0  # SFT steps between checkpoints (0: only at the end of SFT)
 
     c.ppo = ml_collections.ConfigDict()

@@ -1,7 +1,7 @@
 """Evaluate a trained policy: success rate over N first episodes at a temperature (or greedy).
 
     python -m rlvlm_jax.evaluate --config experiments/numberline_tiny.py --workdir outputs/nl \
-        --episodes 500 --temperature 0.2 [--step 250] [--sft_only]
+        --episodes 500 --temperature 0.2 [--step 250]
 
 Reads the newest (or `--step`) checkpoint of the workdir's run, plays `--episodes` environments
 until each has finished its first episode (one compiled while loop), and writes the result as
@@ -19,19 +19,21 @@ import time
 import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from rlvlm_jax.checkpoints import CheckpointError
 from rlvlm_jax.rl.rollout import summarize_evaluation
-from rlvlm_jax.train import Job
+from rlvlm_jax.train import _CONFIG, _WORKDIR, Job  # --config and --workdir, defined there
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "the run's experiment config")
-_WORKDIR = flags.DEFINE_string("workdir", None, "the run's output directory")
-_EPISODES = flags.DEFINE_integer("episodes", 500, "first episodes to play (one per env)")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.2, "sampling temperature (<= 0: greedy)")
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
-_SEED = flags.DEFINE_integer("seed", 1234, "seed of the evaluation episodes")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags():
+    """This command's own flags, defined only when it runs (importing stays side-effect free)."""
+    return {
+        "episodes": flags.DEFINE_integer("episodes", 500, "first episodes (one per env)"),
+        "temperature": flags.DEFINE_float("temperature", 0.2, "sampling temperature (<= 0: "
+                                          "greedy)"),
+        "step": flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)"),
+        "seed": flags.DEFINE_integer("seed", 1234, "seed of the evaluation episodes"),
+    }
 
 
 def evaluate_checkpoint(config, workdir: str, episodes: int, temperature: float,
@@ -71,13 +73,13 @@ def _evaluate(job, config, workdir, episodes, temperature, step, seed) -> dict:
     return out
 
 
-def main(argv) -> int:
+def main(argv, f) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     try:
-        out = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _EPISODES.value,
-                                  _TEMPERATURE.value, _STEP.value, _SEED.value)
+        out = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, f["episodes"].value,
+                                  f["temperature"].value, f["step"].value, f["seed"].value)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -86,4 +88,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    _flags = _define_flags()
+    app.run(lambda argv: sys.exit(main(argv, _flags)))

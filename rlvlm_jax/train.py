@@ -216,10 +216,16 @@ class Job:
 # ------------------------------------------------------------------------------------ stages
 def run_sft(job: Job, params, opt_state, start: int, meta: dict, t_start: float):
     c = job.config
-    print(f"[sft] generating {c.sft.num_demos} demonstrations (wrong share "
-          f"{c.sft.wrong_share})", flush=True)
-    data = sft_lib.make_sft_data(job.env, job.tokenizer, job.encoder, c.sft.num_demos,
-                                 job.k_data, c.sft.wrong_share, c.cot, c.max_new_tokens)
+    if c.sft.get("json"):  # LLaVA-format SFT data (e.g. RL4VLM's released files)
+        demos = sft_data.load_llava_json(c.sft.json, image_size=c.image_size)
+        print(f"[sft] {len(demos)} records from {c.sft.json}", flush=True)
+        data = sft_lib.encode_demonstrations(demos, job.encoder, job.tokenizer,
+                                             c.max_new_tokens, prompt_text=True)
+    else:
+        print(f"[sft] generating {c.sft.num_demos} demonstrations (wrong share "
+              f"{c.sft.wrong_share})", flush=True)
+        data = sft_lib.make_sft_data(job.env, job.tokenizer, job.encoder, c.sft.num_demos,
+                                     job.k_data, c.sft.wrong_share, c.cot, c.max_new_tokens)
     held_demos = sft_data.make_demonstrations(job.env, c.sft.eval_samples, job.k_held, 0.0, c.cot)
     held = jax.device_put(sft_lib.encode_demonstrations(held_demos, job.encoder, job.tokenizer,
                                                         c.max_new_tokens))

@@ -77,6 +77,7 @@ class PromptEncoder:
         spec = prompts.get_task(task)
         self.has_formula = spec.has_formula
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.num_image_tokens = num_image_tokens
         image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         text = prompt_text(task, [_SENTINEL] if spec.has_formula else None, cot, template)
         pieces = text.split(_SENTINEL)

@@ -25,6 +25,7 @@ from rlvlm_jax.rl.rollout import CODE_STRINGS, PromptEncoder, generate_with_hidd
 from rlvlm_jax.rl.train_state import stop_frozen
 from rlvlm_jax.text.byte_table import byte_table
 from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
+from rlvlm_jax.text.tokenizer import encode_prompts
 
 
 class SFTData(NamedTuple):
@@ -60,17 +61,25 @@ def formula_codes(prompt: str) -> list[int]:
 
 
 def encode_demonstrations(data: sft_data.Demonstrations, encoder: PromptEncoder, tokenizer,
-                          response_len: int) -> SFTData:
+                          response_len: int, prompt_text: bool = False) -> SFTData:
     """Prompts through `encoder` (formula read back from the original prompt text), responses
-    tokenised without BOS and ended with EOS. Raises if a response does not fit."""
+    tokenised without BOS and ended with EOS. Raises if a response does not fit.
+
+    `prompt_text=True` encodes the records' own prompt texts instead (LLaVA JSON data, whose
+    prompts are whatever the file says), padded to the encoder's length.
+    """
     n = len(data)
     ids = np.zeros((n, encoder.length), np.int32)
     mask = np.zeros_like(ids)
+    if prompt_text:
+        ids, mask = encode_prompts(tokenizer, data.prompts, encoder.num_image_tokens,
+                                   encoder.length)
     resp = np.full((n, response_len), encoder.pad_id, np.int32)
     rmask = np.zeros_like(resp)
     for i in range(n):
-        codes = formula_codes(data.prompts[i]) if encoder.num_slots else []
-        ids[i], mask[i] = encoder.host(codes)
+        if not prompt_text:
+            codes = formula_codes(data.prompts[i]) if encoder.num_slots else []
+            ids[i], mask[i] = encoder.host(codes)
         toks = tokenizer(data.responses[i], add_special_tokens=False)["input_ids"]
         toks = toks + [tokenizer.eos_token_id]
         if len(toks) > response_len:

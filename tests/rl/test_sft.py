@@ -113,3 +113,17 @@ def test_demonstrations_parse_to_their_actions(tok):
     parsed, _ = jax.vmap(lambda t, n: parse_tokens(parser, table, t, n))(
         jnp.asarray(data.response), jnp.asarray(data.response_mask.sum(1)))
     np.testing.assert_array_equal(parsed.action, demos.actions)
+
+
+def test_llava_json_demonstrations_encode_like_the_encoder(tok, tmp_path):
+    """SFT from a LLaVA-format JSON file: its prompt texts give the encoder's ids (llava_v1)."""
+    env, _ = envs.make("NumberLine", image_size=56)
+    demos = sft_data.make_demonstrations(env, 4, jax.random.key(3), 0.0, True)
+    path = sft_data.save_llava_json(demos, str(tmp_path))
+    loaded = sft_data.load_llava_json(path)
+    enc = PromptEncoder(tok, "NumberLine", True, "llava_v1", num_image_tokens=16)
+    from_json = sft.encode_demonstrations(loaded, enc, tok, 72, prompt_text=True)
+    generated = sft.encode_demonstrations(demos, enc, tok, 72)
+    np.testing.assert_array_equal(from_json.prompt_ids, generated.prompt_ids)
+    np.testing.assert_array_equal(from_json.response, generated.response)
+    np.testing.assert_array_equal(from_json.frames, generated.frames)

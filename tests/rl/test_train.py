@@ -120,3 +120,15 @@ def test_unknown_field_on_the_command_line(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode != 0
     assert "lr" in out.stderr
+
+
+def test_evaluate_command(runs):
+    from rlvlm_jax.evaluate import evaluate_checkpoint
+
+    c, job, full_dir, *_ = runs
+    out = evaluate_checkpoint(c, full_dir, episodes=4, temperature=0.2)
+    assert out["episodes"] == 4 and out["stage"] == "ppo"
+    assert 0.0 <= out["success_rate"] <= 1.0
+    assert os.path.isfile(os.path.join(full_dir, f"eval_{out['checkpoint_step']}_t0.2.json"))
+    greedy = evaluate_checkpoint(c, full_dir, episodes=4, temperature=0.0)
+    assert greedy["temperature"] == 0.0
