@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.episodes = 500  # first episodes of this many envs
     c.eval.temperature = 0.2  # sampling temperature (<= 0: greedy)
     c.eval.max_steps = 10  # env steps per env (NumberLine truncates at 10)
-    c.eval.every = 25  # PPO iterations between evaluations (0: only before and after PPO)
+    c.eval.every = 50  # PPO iterations between evaluations (0: only before and after PPO)
 
     c.log_every = 5  # PPO iterations between console lines / TensorBoard scalars
     c.checkpoint_every = 20  # PPO iterations between checkpoints
