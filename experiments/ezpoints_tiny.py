@@ -6,18 +6,13 @@ python -m rlvlm_jax.train --config experiments/ezpoints_tiny.py --workdir output
 Untuned: see the issue's closing notes for measured figures.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from rlvlm_jax.config_files import load_sibling
 
 
 def _base():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "numberline_tiny.py")
-    spec = importlib.util.spec_from_file_location("numberline_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_sibling(__file__, "numberline_tiny.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

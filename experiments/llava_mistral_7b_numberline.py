@@ -18,18 +18,13 @@ Paper settings (rl4vlm_method.md) and where we deliberately differ:
 Environment pictures are rendered at 336 px directly (no resize), prompts are the original bytes.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from rlvlm_jax.config_files import load_sibling
 
 
 def _base():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "numberline_tiny.py")
-    spec = importlib.util.spec_from_file_location("numberline_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_sibling(__file__, "numberline_tiny.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
