@@ -13,8 +13,10 @@ Paper settings (rl4vlm_method.md) and where we deliberately differ:
 - truncation is bootstrapped from the final observation's value (the original treated it as
   termination; set ppo.truncation_as_termination=True to reproduce);
 - the action span is found from the text (the original's hard-coded ids never matched Mistral);
-- full fine-tuning of the language model and projector with the vision tower frozen (LoRA r=128
-  is not implemented yet); bf16 compute with float32 params and Adam moments.
+- LoRA r=128, alpha=256 on the language model's and projector's linear maps, vision tower frozen,
+  value head trained fully (as the paper), but without LoRA dropout (the paper: 0.05) so that
+  the PPO ratio is exactly 1 before an update; --config.ppo.lora_rank=0 fine-tunes fully;
+- bf16 compute with float32 params and Adam moments.
 Environment pictures are rendered at 336 px directly (no resize), prompts are the original bytes.
 """
 
@@ -53,6 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ppo.value_clip_eps = 0.1  # paper
     c.ppo.grad_clip = 1.0  # applied (paper: requested 0.01, not applied)
     c.ppo.freeze_vision = True  # paper: the vision tower was effectively frozen
+    c.ppo.lora_rank = 128  # paper
+    c.ppo.lora_alpha = 256.0  # paper
     c.eval.episodes = 500  # as the tiny run
     c.eval.every = 10  # PPO iterations between evaluations
     c.log_every = 1  # every iteration

@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ppo.temperature = 0.2  # sampling temperature of rollouts (log-probs at the same value)
     c.ppo.truncation_as_termination = False  # True: no bootstrap on time limits (the original)
     c.ppo.freeze_vision = True  # keep the ViT fixed (anchors reading during RL)
+    c.ppo.lora_rank = 0  # LoRA adapters of this rank instead of full fine-tuning (paper: 128)
+    c.ppo.lora_alpha = 16.0  # LoRA scale alpha / rank (paper: 256)
+    c.ppo.lora_targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,linear_1,linear_2"
     c.ppo.policy_loss = "ppo_clip"  # ppo_clip or pg
     c.ppo.value_loss = "clipped"  # clipped or mse
 

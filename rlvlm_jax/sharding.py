@@ -49,6 +49,9 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"^text/layers/\d+/o_proj$", P("tensor", None, "fsdp")),  # (H, hd, D)
     (r"^text/layers/\d+/(gate|up)_proj$", P("fsdp", "tensor")),  # (D, F)
     (r"^text/layers/\d+/down_proj$", P("tensor", "fsdp")),  # (F, D)
+    # LoRA adapters (rl/lora.py), keyed "text.layers.0.q_proj/lora_a": A (fan_in, r), B (r, fan_out)
+    (r"/lora_a$", P("fsdp", None)),
+    (r"/lora_b$", P(None, "fsdp")),
     # value head (small MLP): replicated
     (r"(^|/)(kernel|bias)_\d+$", P()),
     # norm scales, biases of width D, the class token: small vectors, replicated

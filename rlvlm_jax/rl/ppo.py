@@ -21,7 +21,7 @@ from rlvlm_jax.rl import losses
 from rlvlm_jax.rl.gae import gae
 from rlvlm_jax.rl.minibatch import accumulate_gradients, gather, shuffle_indices
 from rlvlm_jax.rl.rollout import Trajectory
-from rlvlm_jax.rl.train_state import stop_frozen, tree_finite
+from rlvlm_jax.rl.train_state import base_params, stop_frozen, tree_finite
 
 
 class Samples(NamedTuple):
@@ -77,7 +77,8 @@ def make_ppo_update(policy, tx: optax.GradientTransformation, ppo,
     """Jitted `update(params, opt_state, traj, last_value, key, ref_params) -> (params,
     opt_state, metrics)`; create once. `ppo` is the config section (read at build time).
 
-    `ref_params` is only read when `ppo.kl_coef > 0` (pass None otherwise). params and
+    `ref_params` is only read when `ppo.kl_coef > 0`; None then means params without their
+    LoRA adapters (the frozen base is the reference, no copy needed). params and
     opt_state are donated. metrics["finite"] is False when a loss or gradient was not finite;
     the caller must then discard the returned params.
     """
@@ -157,7 +158,7 @@ def make_ppo_update(policy, tx: optax.GradientTransformation, ppo,
             ref_token_logp=jnp.zeros(flat.tokens.shape, jnp.float32),
         )
         if use_kl:
-            ref = policy.model(ref_params)
+            ref = policy.model(base_params(params) if ref_params is None else ref_params)
 
             def ref_scores(s):
                 lp, _, _ = score(ref, s.prompt_ids, s.prompt_mask, policy.preprocess(s.frames),

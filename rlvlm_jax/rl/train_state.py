@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
 from rlvlm_jax.models.clip import VisionConfig
@@ -21,6 +23,7 @@ from rlvlm_jax.models.llama import TextConfig
 from rlvlm_jax.models.llava import LlavaConfig, LlavaModel, draw_params
 from rlvlm_jax.models.preprocess import clip_preprocess
 from rlvlm_jax.models.value_head import ValueHead
+from rlvlm_jax.rl import lora as lora_lib
 from rlvlm_jax.text.tokenizer import (
     IMAGE_TOKEN,
     build_card_tokenizer,
@@ -31,15 +34,34 @@ from rlvlm_jax.text.tokenizer import (
 
 def get_tokenizer(config, workdir: str | None):
     """The configured tokenizer directory, else the pretrained checkpoint's, else the card
-    tokenizer built once into the workdir."""
+    tokenizer, built once and kept in `<workdir>/tokenizer`.
+
+    Multi-host: every process builds the card tokenizer into a local temporary directory (the
+    build is deterministic) and only process 0 copies it into the workdir, atomically for a
+    local path; a gs:// workdir is never read by transformers, only compared on resume.
+    """
     path = config.tokenizer.path or config.model.get("checkpoint", "")
-    if not path:
-        if workdir is None:
-            raise ValueError("config.tokenizer.path is empty and there is no workdir to build in")
-        path = os.path.join(workdir, "tokenizer")
-        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-            build_card_tokenizer(path, config.tokenizer.vocab_size)
-    return load_tokenizer(path)
+    if path:
+        return load_tokenizer(path)
+    if workdir is None:
+        raise ValueError("config.tokenizer.path is empty and there is no workdir to build in")
+    saved = epath.Path(workdir) / "tokenizer"
+    remote = "://" in str(workdir)
+    if not remote and (saved / "tokenizer.json").exists():
+        return load_tokenizer(str(saved))
+    local = epath.Path(tempfile.mkdtemp(prefix="card_tokenizer_"))
+    build_card_tokenizer(str(local), config.tokenizer.vocab_size)
+    if (saved / "tokenizer.json").exists():
+        if (saved / "tokenizer.json").read_text() != (local / "tokenizer.json").read_text():
+            raise ValueError(f"{saved} differs from the card tokenizer this version builds; "
+                             "resume with the version that started the run or a new --workdir")
+    elif jax.process_index() == 0:
+        tmp = epath.Path(f"{saved}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for f in local.iterdir():
+            f.copy(tmp / f.name, overwrite=True)
+        tmp.rename(saved)
+    return load_tokenizer(str(local))
 
 
 def check_tokenizer(cfg: LlavaConfig, tokenizer) -> None:
@@ -109,9 +131,12 @@ class Policy:
     vlm_graph: nnx.GraphDef
     value_graph: nnx.GraphDef
     pixels: str = "clip"  # "clip": CLIP normalisation; "ink": (255 - x) / 255, blank = 0
+    lora_scale: float = 0.0  # alpha / rank of the adapters in params["lora"], when present
 
     def model(self, params) -> LlavaModel:
-        return nnx.merge(self.vlm_graph, params["vlm"])
+        """The LLaVA module, with LoRA adapters merged in when params carry them."""
+        vlm = lora_lib.merge(params["vlm"], params.get("lora"), self.lora_scale)
+        return nnx.merge(self.vlm_graph, vlm)
 
     def value(self, params, hidden: jax.Array) -> jax.Array:
         return nnx.merge(self.value_graph, params["value"])(hidden)
@@ -134,7 +159,7 @@ class Policy:
 
 def init_policy(cfg: LlavaConfig, value_hidden=(1024, 512), seed: int = 0, init: str = "normal",
                 pixels: str = "clip", *, dtype="float32", param_dtype="float32",
-                pretrained: dict | None = None, remat: bool = False):
+                pretrained: dict | None = None, remat: bool = False, lora_scale: float = 0.0):
     """(Policy, params) with every weight from one compiled random draw per module.
 
     init: "normal" (the model package's N(0, 0.02)) or "fan_in" (see `fan_in_init`);
@@ -160,7 +185,7 @@ def init_policy(cfg: LlavaConfig, value_hidden=(1024, 512), seed: int = 0, init:
         params["vlm"] = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), pretrained)
     elif init == "fan_in":
         params["vlm"] = jax.jit(fan_in_init)(params["vlm"])
-    return Policy(cfg, vlm_graph, value_graph, pixels), params
+    return Policy(cfg, vlm_graph, value_graph, pixels, lora_scale), params
 
 
 _EMBEDDINGS = ("embed", "pos_embed", "class_embed")
@@ -202,19 +227,29 @@ def warmup_cosine(lr: float, steps: int, warmup: int = 0, end: float | None = No
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps, end)
 
 
+def _frozen_base(params) -> bool:
+    """With LoRA adapters, the whole LLaVA is frozen: only adapters and value head train."""
+    return "lora" in params
+
+
 def trainable_labels(params, freeze_vision: bool):
-    """'frozen' for the vision tower's leaves when `freeze_vision`, else 'train'."""
+    """'frozen' for the vision tower's leaves when `freeze_vision` and for every LLaVA weight
+    when params carry LoRA adapters; else 'train'."""
+    base = _frozen_base(params)
 
     def label(path, _):
         keys = [getattr(k, "key", None) for k in path[:2]]
-        return "frozen" if freeze_vision and keys == ["vlm", "vision"] else "train"
+        if keys[0] == "vlm" and (base or (freeze_vision and keys[1] == "vision")):
+            return "frozen"
+        return "train"
 
     return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_optimizer(schedule, weight_decay: float, grad_clip: float, params,
                    freeze_vision: bool = False) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW (decay on matrices only); frozen leaves get no update."""
+    """Global-norm clipping, then AdamW (decay on matrices only); frozen leaves get no update
+    and no optimiser state (optax.set_to_zero keeps none)."""
     def decay_mask(tree):
         return jax.tree.map(lambda p: p.ndim >= 2, tree)
 
@@ -222,19 +257,37 @@ def make_optimizer(schedule, weight_decay: float, grad_clip: float, params,
         optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
         optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask),
     )
-    if not freeze_vision:
+    if not (freeze_vision or _frozen_base(params)):
         return inner
-    labels = trainable_labels(params, True)
+    labels = trainable_labels(params, freeze_vision)
     return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
 
 
 def stop_frozen(params, freeze_vision: bool):
-    """Stop gradients into the vision tower, so the backward pass skips it entirely."""
+    """Stop gradients into frozen weights (the vision tower; all of LLaVA under LoRA), so the
+    backward pass skips them entirely."""
+    if _frozen_base(params):
+        return {**params, "vlm": jax.lax.stop_gradient(params["vlm"])}
     if not freeze_vision:
         return params
     vlm = dict(params["vlm"])
     vlm["vision"] = jax.lax.stop_gradient(vlm["vision"])
     return {**params, "vlm": vlm}
+
+
+def add_lora(params, ppo, key):
+    """params with fresh adapters when `ppo.lora_rank` > 0 (else unchanged)."""
+    rank = int(ppo.get("lora_rank", 0))
+    if rank <= 0:
+        return params
+    lora = lora_lib.init_lora(params["vlm"], rank, key, ppo.get("lora_targets",
+                                                                 lora_lib.DEFAULT_TARGETS))
+    return {**params, "lora": lora}
+
+
+def base_params(params):
+    """params without adapters: the policy LoRA started from (the KL reference under LoRA)."""
+    return {k: v for k, v in params.items() if k != "lora"}
 
 
 def tree_finite(tree) -> jax.Array:

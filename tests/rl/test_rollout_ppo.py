@@ -186,3 +186,32 @@ def test_eight_devices_equal_one(setup, updater):
     for k in ("policy_loss", "value_loss", "approx_kl", "grad_norm"):
         np.testing.assert_allclose(m8[k], m1[k], rtol=1e-3, atol=1e-5, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p8, p1)
+
+
+def test_lora_update_trains_adapters_and_value_head_only(setup):
+    """With LoRA the rollout's policy (fresh adapters) is the base policy, so the first
+    minibatch's ratio is 1 and the KL to the base (the reference, no copy) starts at 0; the
+    update moves adapters and value head and leaves every LLaVA weight as it was."""
+    import dataclasses
+
+    from rlvlm_jax.rl import lora
+
+    c, tok, policy, params, actor, rollout, carry, (_, traj, last_value) = setup
+    c = c.copy_and_resolve_references()
+    c.ppo.kl_coef = 0.01
+    c.ppo.minibatches = 1
+    c.ppo.micro_batches = 1
+    lp = {**params, "lora": lora.init_lora(params["vlm"], 4, jax.random.key(3))}
+    lpolicy = dataclasses.replace(policy, lora_scale=2.0)
+    tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, lp, freeze_vision=True)
+    update = ppo.make_ppo_update(lpolicy, tx, c.ppo, FAST)
+    start = jax.tree.map(jnp.copy, lp)
+    p, _, m = update(jax.tree.map(jnp.copy, lp), tx.init(lp), traj, last_value,
+                     jax.random.key(2), None)
+    m = jax.device_get(m)
+    assert bool(m["finite"])
+    np.testing.assert_allclose(m["approx_kl"], 0.0, atol=1e-4)
+    np.testing.assert_allclose(m["kl_ref"], 0.0, atol=1e-4)
+    jax.tree.map(np.testing.assert_array_equal, p["vlm"], start["vlm"])
+    assert bool(jnp.any(p["lora"]["text.layers.0.q_proj"]["lora_b"] != 0))
+    assert bool(jnp.any(p["value"]["kernel_0"] != start["value"]["kernel_0"]))
