@@ -3,22 +3,13 @@
 python -m rlvlm_jax.train --config experiments/numberline_test.py --workdir /tmp/nl_test
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _tiny():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "numberline_tiny.py")
-    spec = importlib.util.spec_from_file_location("numberline_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from rlvlm_jax.config_files import load_sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = _tiny().get_config(arg)
+    c = load_sibling(__file__, "numberline_tiny.py").get_config(arg)
     c.max_new_tokens = 72  # room for a whole demonstration (SFT encodes them)
     c.model.vision_hidden = 32  # ViT width
     c.model.vision_mlp = 64  # ViT MLP width

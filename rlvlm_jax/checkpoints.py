@@ -33,7 +33,8 @@ class Checkpointer:
     """Save/restore numbered checkpoints under `directory` (kept: the newest `keep`)."""
 
     def __init__(self, directory: str, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        # A local path is made absolute (orbax needs it); a URL such as gs:// stays as given.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True),

@@ -81,10 +81,10 @@ class Writer:
 class Progress:
     """`[stage] step 12/60  success 0.81  ... ETA 1m20s` lines on stdout."""
 
-    def __init__(self, stage: str, total: int, start: int = 0, stream=sys.stdout):
+    def __init__(self, stage: str, total: int, start: int = 0, stream=None):
         self.stage, self.total, self.start = stage, total, start
         self.t0 = time.time()
-        self.stream = stream
+        self.stream = stream  # None: sys.stdout at each call (silenced off process 0)
 
     def line(self, step: int, values: dict) -> str:
         done = max(step - self.start, 1)
@@ -97,4 +97,4 @@ class Progress:
         return "  ".join(parts)
 
     def __call__(self, step: int, values: dict) -> None:
-        print(self.line(step, values), file=self.stream, flush=True)
+        print(self.line(step, values), file=self.stream or sys.stdout, flush=True)

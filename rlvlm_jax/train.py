@@ -13,10 +13,16 @@ Outputs in the workdir: tokenizer/, checkpoints/, tb/ (TensorBoard), config.json
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # multi-host: before gymnax (imported below) starts JAX's backends
+    from rlvlm_jax.distributed import initialize_from_argv
+
+    initialize_from_argv(sys.argv[1:])
+
 import contextlib
 import json
 import os
-import sys
 import time
 
 import jax
@@ -24,13 +30,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from flax import serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 import rlvlm_jax.envs as envs
+from rlvlm_jax import distributed as dist
 from rlvlm_jax.checkpoints import Checkpointer
+from rlvlm_jax.rl import lora as lora_lib
 from rlvlm_jax.rl import ppo as ppo_lib
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl import sft_data
@@ -42,7 +51,14 @@ from rlvlm_jax.tensorboard import Progress, Writer, reflection_metrics
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (resumes if it has checkpoints)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (resumes if it has checkpoints); "
+                                "a local path, a filesystem all hosts share, or gs://")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "multi-host run: call "
+                                 "jax.distributed.initialize (auto-detects TPU VMs and SLURM)")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "with --distributed: host:port of "
+                                   "process 0 (only where auto-detection does not apply)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --coordinator: process count")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --coordinator: this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -64,10 +80,11 @@ def validate_config(config) -> None:
             raise ValueError("ppo.temperature must be > 0 (log-probs are taken at it)")
         if not 0.0 <= p.thought_lambda <= 1.0:
             raise ValueError(f"ppo.thought_lambda must be in [0, 1], got {p.thought_lambda}")
-    if config.get("mesh"):
-        shape = [int(x) for x in str(config.mesh).split(",")]
-        if len(shape) != 3:
-            raise ValueError(f"config.mesh must be 'data,fsdp,tensor' sizes, got {config.mesh!r}")
+    if p.get("lora_rank", 0) < 0 or (p.get("lora_rank", 0) > 0 and p.lora_alpha <= 0):
+        raise ValueError("ppo.lora_rank must be >= 0 (0: full fine-tuning) and ppo.lora_alpha "
+                         "> 0 with adapters")
+    shape = mesh_shape(config)
+    if shape is not None:
         per = shape[0] * shape[1]
         for name, n in (("ppo.num_envs", p.num_envs), ("eval.episodes", config.eval.episodes),
                         ("sft.batch_size", config.sft.batch_size)):
@@ -78,6 +95,22 @@ def validate_config(config) -> None:
         raise ValueError(f"sft.wrong_share must be in [0, 1], got {config.sft.wrong_share}")
     if config.sft.steps > 0 and config.sft.batch_size > config.sft.num_demos:
         raise ValueError("sft.batch_size is larger than sft.num_demos")
+
+
+def mesh_shape(config) -> tuple[int, int, int] | None:
+    """config.mesh as (data, fsdp, tensor); with several processes and no mesh, data-parallel
+    over every device of every process; None: one device."""
+    if config.get("mesh"):
+        try:
+            shape = tuple(int(x) for x in str(config.mesh).split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3:
+            raise ValueError(f"config.mesh must be 'data,fsdp,tensor' sizes, got {config.mesh!r}")
+        return shape
+    if jax.process_count() > 1:
+        return (jax.device_count(), 1, 1)
+    return None
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -109,11 +142,12 @@ class Job:
         self.policy, self.init_params = ts.init_policy(
             self.cfg, c.model.value_hidden, c.model.init_seed, c.model.init, c.model.pixels,
             dtype=c.model.dtype, param_dtype=c.model.param_dtype, pretrained=pretrained,
-            remat=c.model.remat)
+            remat=c.model.remat,
+            lora_scale=lora_lib.scale_of(c.ppo.get("lora_rank", 0), c.ppo.get("lora_alpha", 0)))
         self.num_params = ts.count_params(self.init_params)
         self.mesh = None
-        if c.get("mesh"):
-            self.mesh = make_mesh(tuple(int(x) for x in str(c.mesh).split(",")))
+        if mesh_shape(c) is not None:
+            self.mesh = make_mesh(mesh_shape(c))
             self.init_params = {k: shard_params(v, self.mesh)
                                 for k, v in self.init_params.items()}
 
@@ -132,24 +166,45 @@ class Job:
         updates = max(1, c.ppo.iterations * c.ppo.epochs * c.ppo.minibatches)
         self.ppo_schedule = ts.warmup_cosine(c.ppo.lr, updates, c.ppo.warmup, c.ppo.lr_end)
         self.ppo_tx = ts.make_optimizer(self.ppo_schedule, c.ppo.weight_decay, c.ppo.grad_clip,
-                                        self.init_params, c.ppo.freeze_vision)
+                                        self.with_lora(self.init_params), c.ppo.freeze_vision)
         self.actor = Actor(self.env, self.env_params, self.policy, self.tokenizer, self.encoder,
                            c.max_new_tokens, c.ppo.thought_lambda, c.ppo.action_only, bootstrap)
         self.rollout = self.actor.make_rollout(c.ppo.num_steps, xla)
         self.update = ppo_lib.make_ppo_update(self.policy, self.ppo_tx, c.ppo, xla)
         self.rollout_metrics = jax.jit(
-            lambda traj: ppo_lib.rollout_metrics(traj, c.max_new_tokens))
+            lambda traj: {**ppo_lib.rollout_metrics(traj, c.max_new_tokens),
+                          "tokens": jnp.sum(traj.lengths)})
         self.evaluate_fn = self.actor.make_evaluate(c.eval.episodes, c.eval.max_steps, xla)
 
     def attach(self, workdir: str) -> None:
         """Point outputs (config.json, TensorBoard, checkpoints) at `workdir`; the compiled
         functions are kept, so one process can run several workdirs without recompiling."""
         self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         self._check_config_file()
-        self.writer = Writer(os.path.join(workdir, "tb"))
+        # Every process runs the same loop (collectives must match); only process 0 writes.
+        self.writer = Writer(os.path.join(workdir, "tb") if dist.is_main() else None)
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                                  self.config.keep_checkpoints)
+
+    @property
+    def lora(self) -> bool:
+        return self.config.ppo.get("lora_rank", 0) > 0
+
+    def with_lora(self, params):
+        """params plus fresh LoRA adapters (same draw on every call) when ppo.lora_rank > 0."""
+        if not self.lora:
+            return params
+        params = ts.add_lora(params, self.config.ppo, jax.random.fold_in(self.k_ppo, 2))
+        if self.mesh is not None:
+            params = {**params, "lora": shard_params(params["lora"], self.mesh)}
+        return params
+
+    @property
+    def keeps_reference(self) -> bool:
+        """A frozen copy of the PPO start policy is kept for the KL term (under LoRA the
+        frozen base weights are that policy, so no copy)."""
+        return self.config.ppo.kl_coef > 0 and not self.lora
 
     def mesh_context(self):
         """The mesh for every compiled call (activations constrained), or nothing."""
@@ -164,11 +219,10 @@ class Job:
         return jax.tree.map(lambda x: jax.device_put(x, batch), carry)
 
     def _check_config_file(self) -> None:
-        path = os.path.join(self.workdir, "config.json")
+        path = epath.Path(self.workdir) / "config.json"
         text = self.config.to_json_best_effort(indent=1, sort_keys=True)
-        if os.path.exists(path):
-            with open(path) as f:
-                old = json.load(f)
+        if path.exists():
+            old = json.loads(path.read_text())
             new = json.loads(text)
             # Run length and logging may change on resume; the model, task and data may not.
             fixed = ("task", "image_size", "cot", "template", "model", "tokenizer", "seed",
@@ -178,8 +232,8 @@ class Job:
                 raise ValueError(f"{self.workdir} holds a run with a different config in {diff}; "
                                  "use a new --workdir")
             return  # keep the run's original record (resumes may change run length/logging)
-        with open(path, "w") as f:
-            f.write(text)
+        if dist.is_main():
+            path.write_text(text)
 
     # ------------------------------------------------------------------------ state packing
     def ppo_state(self, params, opt_state, carry: EnvCarry, rng, ref_params):
@@ -190,7 +244,7 @@ class Job:
                     "ep_return": carry.ep_return, "ep_length": carry.ep_length},
             "rng": jax.random.key_data(rng),
         }
-        if self.config.ppo.kl_coef > 0:
+        if self.keeps_reference:
             state["ref_params"] = ref_params
         return state
 
@@ -205,7 +259,8 @@ class Job:
     def evaluate(self, params, temperature=None) -> dict:
         t = self.config.eval.temperature if temperature is None else temperature
         t0 = time.time()
-        out = summarize_evaluation(self.evaluate_fn(params, self.k_eval, jnp.float32(t)))
+        out = summarize_evaluation(dist.to_host(self.evaluate_fn(params, self.k_eval,
+                                                                 jnp.float32(t))))
         out["eval_seconds"] = time.time() - t0
         return out
 
@@ -282,15 +337,15 @@ def run_ppo(job: Job, params, opt_state, carry, rng, ref_params, start: int, met
         t1 = time.time()
         params, opt_state, upd = job.update(params, opt_state, traj, last_value, k_upd,
                                             ref_params)
-        upd = jax.device_get(upd)
+        upd = dist.to_host(upd)
         t2 = time.time()
         if not upd.pop("finite"):
             raise FloatingPointError(f"non-finite loss or gradient at PPO iteration {it + 1}; "
                                      "stopped without saving (the last good checkpoint is kept)")
-        roll = {k: float(v) for k, v in jax.device_get(roll).items()}
+        roll = {k: float(v) for k, v in dist.to_host(roll).items()}
+        tokens = roll.pop("tokens")
         step = it + 1
         meta["env_steps"] = meta.get("env_steps", 0) + per_iter
-        tokens = float(np.sum(jax.device_get(traj.lengths)))
         scalars = {**roll, **{k: float(v) for k, v in upd.items()}}
         scalars.update(
             lr=float(job.ppo_schedule(step * p.epochs * p.minibatches - 1)),
@@ -327,7 +382,7 @@ def run_ppo(job: Job, params, opt_state, carry, rng, ref_params, start: int, met
 
 def _log_samples(job: Job, traj, step: int) -> None:
     """An observation with its generated text, a few text samples, reflection metrics."""
-    tokens, lengths, frames, reward, action = jax.device_get(
+    tokens, lengths, frames, reward, action = dist.to_host(
         (traj.tokens[0], traj.lengths[0], traj.frames[0, 0], traj.reward[0], traj.action[0]))
     texts = [job.decode(t, n) for t, n in zip(tokens, lengths, strict=True)]
     job.writer.image("ppo/observation", frames, step)
@@ -392,15 +447,17 @@ def _train(job: Job, config, workdir: str, interrupt_after: int | None) -> dict:
     rng = jax.random.fold_in(job.k_ppo, 0)
     carry = job.reset_envs(jax.random.fold_in(job.k_ppo, 1))
     if stage == "ppo":
-        ref = params if c.ppo.kl_coef > 0 else None
+        params = job.with_lora(params)
+        ref = params if job.keeps_reference else None
         target = job.ppo_state(params, job.ppo_tx.init(params), carry, rng, ref)
         state, _ = job.ckpt.restore(target, latest)
         params, opt, carry, rng, ref_params = job.unpack_ppo_state(state, carry)
     else:
         if "sft_eval" not in results and c.eval.episodes > 0:
             results["sft_eval"] = _final_eval(job, params, "SFT", c.sft.steps)
+        params = job.with_lora(params)
         opt = job.ppo_tx.init(params)
-        ref_params = jax.tree.map(jnp.copy, params) if c.ppo.kl_coef > 0 else None
+        ref_params = jax.tree.map(jnp.copy, params) if job.keeps_reference else None
 
     if ppo_done < c.ppo.iterations:
         params = run_ppo(job, params, opt, carry, rng, ref_params, ppo_done, meta, t_start,
@@ -414,8 +471,8 @@ def _train(job: Job, config, workdir: str, interrupt_after: int | None) -> dict:
     results["num_params"] = job.num_params
     results["evals"] = meta.get("evals", [])
     results["history"] = meta.get("history", [])
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    if dist.is_main():
+        (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=1))
     job.writer.close()
     print(f"[done] {results['wall_seconds']:.0f} s; results in "
           f"{os.path.join(workdir, 'results.json')}", flush=True)
@@ -428,6 +485,11 @@ def main(argv) -> int:
     config: ml_collections.ConfigDict = _CONFIG.value
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
+        if _DISTRIBUTED.value or _COORDINATOR.value:  # initialised at import (see the top)
+            print(f"[distributed] process {jax.process_index()} of {jax.process_count()}, "
+                  f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
+            if not dist.is_main():  # only process 0 logs; errors still reach stderr
+                sys.stdout = open(os.devnull, "w")
         train(config, _WORKDIR.value)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlvlm_jax.distributed import to_host
 from rlvlm_jax.models import sampling, scoring
 from rlvlm_jax.rl import sft_data
 from rlvlm_jax.rl.rollout import CODE_STRINGS, PromptEncoder, generate_with_hidden
@@ -178,7 +179,7 @@ def evaluate_sft(answer, params, data: SFTData, tokenizer, reference: list[str] 
             rows = jax.tree.map(lambda x, p=pad: jnp.concatenate([x, jnp.repeat(x[:1], p, 0)]),
                                 rows)
         toks, lens, act = answer(params, rows.frames, rows.prompt_ids, rows.prompt_mask)
-        toks, lens, act = jax.device_get((toks, lens, act))
+        toks, lens, act = to_host((toks, lens, act))
         keep = batch - pad
         actions.append(act[:keep])
         texts += [tokenizer.decode(t[:k], skip_special_tokens=True)
@@ -213,7 +214,7 @@ def train_sft(step_fn, params, opt_state, data: SFTData, num_steps: int, batch_s
         if eval_fn is not None and eval_every and ((i + 1) % eval_every == 0 or last):
             record.update(eval_fn(params))
         if log_fn is not None or last or "action_accuracy" in record:
-            record.update({k: float(v) for k, v in jax.device_get(metrics).items()})
+            record.update({k: float(v) for k, v in to_host(metrics).items()})
             record["time"] = time.time() - t0
             history.append(record)
             if log_fn is not None:
