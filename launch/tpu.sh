@@ -314,9 +314,9 @@ done)")
     steps+=("{ [ -x .venv/bin/pip ] || \"\$PY\" -m venv .venv || { $apt update && $apt install \
 -y \"\$PY-venv\" && \"\$PY\" -m venv --clear .venv; }; }")
     steps+=(". .venv/bin/activate" "pip install -q --upgrade pip")
-    # BUILD.md, "Cloud TPU VMs": the pinned requirements and the package, then the TPU build of
-    # the jax version requirements.txt pinned.
-    steps+=("pip install -q -r requirements.txt -e .")
+    # BUILD.md, "Cloud TPU VMs": the pinned requirements (plus gcsfs etc. for the gs:// workdir)
+    # and the package, then the TPU build of the jax version requirements.txt pinned.
+    steps+=("pip install -q -r requirements.txt -r requirements-cloud.txt -e .")
     steps+=("pip install -q \"jax[tpu]==\$(python -c 'import jax; print(jax.__version__)')\"")
     steps+=("python -c 'import jax, rlvlm_jax; print(\"jax\", jax.__version__, \"installed\")'")
     comment "install $REPO ($BRANCH) on every worker into ~/$REMOTE_DIR"

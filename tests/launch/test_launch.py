@@ -93,7 +93,7 @@ def test_tpu_up_prints_create_setup_train(env):
     script = remote(setup)
     assert "git clone --depth 1 --branch main https://example.com/me/rlvlm_jax.git rlvlm_jax" \
         in script
-    assert "pip install -q -r requirements.txt -e ." in script
+    assert "pip install -q -r requirements.txt -r requirements-cloud.txt -e ." in script
     assert "jax[tpu]==" in script
 
     # train: the same command on all workers, with --distributed and the overrides as given
