@@ -51,8 +51,9 @@ def test_default_targets_are_the_language_model_and_projector(tiny):
 def test_fresh_adapters_change_nothing(tiny):
     cfg, policy, params = tiny
     with_lora = {**params, "lora": lora.init_lora(params["vlm"], 4, jax.random.key(1))}
-    a = _forward(policy, params, cfg)
-    b = _forward(ts.dataclasses.replace(policy, lora_scale=8.0), with_lora, cfg)
+    a = jax.jit(lambda p: _forward(policy, p, cfg))(params)
+    lpolicy = ts.dataclasses.replace(policy, lora_scale=8.0)
+    b = jax.jit(lambda p: _forward(lpolicy, p, cfg))(with_lora)
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
 
 
@@ -97,7 +98,7 @@ def test_gradients_and_updates_reach_only_adapters_and_value_head(tiny):
         logits, hidden = _forward(policy, p, cfg)
         return jnp.sum(logits ** 2) + jnp.sum(policy.value(p, hidden[:, -1]))
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["vlm"]))
     assert float(jnp.abs(grads["lora"]["text.layers.1.v_proj"]["lora_b"]).max()) > 0
     assert float(jnp.abs(grads["value"]["kernel_0"]).max()) > 0
