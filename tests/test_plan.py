@@ -1,0 +1,255 @@
+"""The planner: its counts against independent ones on the tiny config, device names, bad input.
+
+The figures checked here come from the planner's abstract build (ShapeDtypeStructs); the
+references come from a closed-form count of the architecture and from a real, initialised and
+placed model on the test process's simulated devices (tests/conftest.py: 8 CPU devices).
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rlvlm_jax import devices, plan
+from rlvlm_jax.rl import train_state as ts
+from rlvlm_jax.rl.rollout import PromptEncoder
+from rlvlm_jax.sharding import ShardingError, make_mesh, shard_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "numberline_tiny.py")
+
+
+# Smaller than numberline_tiny's defaults so that the plan compiles in seconds.
+OVERRIDES = {"model.vision_layers": 1, "model.text_layers": 1, "max_new_tokens": 8,
+             "ppo.num_envs": 4, "ppo.num_steps": 2, "ppo.minibatches": 2,
+             "ppo.micro_batches": 2, "eval.episodes": 8}
+
+
+def tiny_config():
+    spec = importlib.util.spec_from_file_location("numberline_tiny", TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    for field, value in OVERRIDES.items():
+        *parents, name = field.split(".")
+        node = c
+        for part in parents:
+            node = node[part]
+        node[name] = value
+    return c
+
+
+def _cli(*args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "-m", "rlvlm_jax.plan", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """The planner as a command on 2 devices (it must create them itself: the test process's
+    XLA_FLAGS are removed), the tiny config with OVERRIDES."""
+    r = _cli("--config", TINY, "--mesh", "1,2,1", "--device", "v5e-2",
+             *(f"--config.{k}={v}" for k, v in OVERRIDES.items()))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def one():
+    """The planner's abstract build on one device (nothing compiled)."""
+    return plan.build(tiny_config(), (1, 1, 1), config_path=TINY)
+
+
+@pytest.fixture(scope="module")
+def real():
+    """The tiny policy actually initialised, as training does it."""
+    c = tiny_config()
+    src = plan.model_source(c)
+    _, params = ts.init_policy(src.cfg, c.model.value_hidden, c.model.init_seed, c.model.init,
+                               c.model.pixels, dtype=c.model.dtype,
+                               param_dtype=c.model.param_dtype, remat=c.model.remat)
+    return c, src, params
+
+
+def closed_form_params(c, vocab: int) -> int:
+    """LLaVA (CLIP + projector + LLaMA) + value head, from the config's dimensions."""
+    m = c.model
+    dv, fv = m.vision_hidden, m.vision_mlp
+    patches = (c.image_size // m.patch_size) ** 2
+    vision = (m.patch_size**2 * 3 * dv + dv + (patches + 1) * dv + 4 * dv
+              + m.vision_layers * (4 * dv * dv + 2 * dv * fv + 9 * dv + fv))
+    d, f, h, k = m.text_hidden, m.text_mlp, m.text_heads, m.text_kv_heads
+    hd = d // h
+    layer = 2 * d + d * h * hd + 2 * d * k * hd + h * hd * d + 3 * d * f
+    text = vocab * d + m.text_layers * layer + d + d * vocab
+    projector = dv * d + d + d * d + d
+    sizes = (d, *m.value_hidden, 1)
+    value = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+    return vision + projector + text + value
+
+
+def shard_bytes(tree, device) -> int:
+    """Bytes of `tree`'s placed arrays that live on `device`."""
+    return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+               if s.device == device)
+
+
+def test_param_count(cli, one, real):
+    _, report = cli
+    c, src, params = real
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    assert report["model"]["params"] == n == plan.count(one.params)
+    assert n == closed_form_params(c, src.cfg.text.vocab_size)
+    vision = sum(x.size for x in jax.tree.leaves(params["vlm"]["vision"]))
+    assert report["model"]["trainable_params"] == n - vision  # ppo.freeze_vision
+
+
+def _placed(real, shape):
+    """The real params and optimiser state placed on a mesh as training places them."""
+    c, _, params = real
+    mesh = make_mesh(shape, jax.devices()[:math.prod(shape)])
+    placed = {k: shard_params(v, mesh) for k, v in params.items()}
+    schedule = ts.warmup_cosine(c.ppo.lr, c.ppo.iterations * c.ppo.epochs * c.ppo.minibatches,
+                                c.ppo.warmup, c.ppo.lr_end)  # as training builds it
+    tx = ts.make_optimizer(schedule, c.ppo.weight_decay, c.ppo.grad_clip, placed,
+                           c.ppo.freeze_vision)
+    return mesh.devices.flat[0], placed, tx.init(placed)
+
+
+def test_params_and_optimizer_bytes_per_device(cli, one, real):
+    """The planner's per-device bytes equal what placing the real model (and the real optimiser
+    state) on that mesh puts on one device."""
+    _, report = cli
+    dev, placed, opt = _placed(real, (1, 2, 1))
+    assert report["per_device_bytes"]["params"] == shard_bytes(placed, dev)
+    assert report["per_device_bytes"]["optimizer_state"] == shard_bytes(opt, dev)
+    assert report["per_device_bytes"]["reference_params"] == 0  # kl_coef 0
+    dev, placed, opt = _placed(real, (1, 1, 1))
+    assert plan.device_bytes(one.params) == shard_bytes(placed, dev)
+    assert plan.device_bytes(one.opt_state) == shard_bytes(opt, dev)
+
+
+def test_fsdp_halves_the_sharded_leaves(cli, real):
+    _, report = cli
+    _, _, params = real
+    total = sum(x.nbytes for x in jax.tree.leaves(params))
+    mesh = make_mesh((1, 2, 1), jax.devices()[:2])
+    sharded = sum(x.nbytes for x in jax.tree.leaves(
+        {k: shard_params(v, mesh) for k, v in params.items()})
+        if not x.sharding.is_fully_replicated)
+    assert sharded > total / 2
+    b = report["per_device_bytes"]
+    assert b["params"] == total - sharded // 2
+    # The compiled rollout's arguments are the params, the env states, a key and a float
+    # (jit drops the few env-state fields the rollout never reads).
+    args = report["xla_memory_analysis"]["rollout"]["arguments"]
+    assert b["params"] < args <= b["params"] + b["env_state"] + 8 + 4
+    # The update's params and optimiser state are donated (XLA aliases all but a few scalars).
+    donated = b["params"] + b["optimizer_state"]
+    assert 0.99 * donated <= report["xla_memory_analysis"]["update"]["aliased"] <= donated
+
+
+def test_kv_cache_closed_form(cli, real):
+    _, report = cli
+    c, src, _ = real
+    enc = PromptEncoder(src.tokenizer, c.task, c.cot, c.template, src.cfg.num_image_tokens,
+                        max_formula=0)
+    assert report["model"]["prompt_tokens"] == enc.length  # the card tokenizer: exact
+    t = src.cfg.text
+    want = (t.num_layers * 2 * c.ppo.num_envs * t.num_kv_heads * (enc.length + c.max_new_tokens)
+            * (t.hidden_size // t.num_heads) * 4)
+    assert report["kv_cache"]["total"] == want
+    assert report["per_device_bytes"]["kv_cache"] == want // 2  # envs split over fsdp
+    assert plan.kv_cache_bytes(t, c.ppo.num_envs, enc.length + c.max_new_tokens, np.float32,
+                               (1, 1, 1))["per_device"] == want
+    b = report["per_device_bytes"]
+    assert b["rollout_temporaries"] >= b["kv_cache"]  # the cache lives in the rollout
+    assert b["peak"] == max(b["rollout_phase_peak"], b["update_phase_peak"])
+    assert b["peak"] >= b["params"] + b["optimizer_state"] + b["kv_cache"]
+    assert report["fits"] and not report["suggestions"]
+
+
+def test_flops_are_counted_per_iteration(cli, real):
+    _, report = cli
+    c, _, _ = real
+    f = report["flops"]
+    units = f["units_per_device"]
+    assert min(units["rollout_program"], units["update_program"], units["decode_step"]) > 0
+    # The loop bodies' trips are added: more than the once-counted programs.
+    assert f["per_device"]["rollout"] > units["rollout_program"]
+    assert f["per_device"]["update"] > units["update_program"]
+    assert f["total"]["iteration"] == 2 * f["per_device"]["iteration"]
+    # 2 FLOPs per parameter per generated token (forward matmuls), within generous bounds.
+    tokens = c.ppo.num_envs * c.ppo.num_steps * c.max_new_tokens / 2  # per device
+    n = report["model"]["params"]
+    assert 0.2 * 2 * n * tokens < f["per_device"]["rollout"] < 50 * 2 * n * tokens
+
+
+def test_report_prints(cli):
+    stdout, report = cli
+    assert "PEAK" in stdout and "FITS" in stdout and "KV cache" in stdout
+    assert report["devices"] == 2 and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
+    assert report["device"] == "v5e-2" and report["hbm_per_device"] == 16 * 1024**3
+    assert "does not fit" not in plan.format_report(report).lower()
+
+
+def test_device_names():
+    assert devices.parse("v4-32").devices == 16  # TensorCores: 2 per chip
+    assert devices.parse("v5p-8").devices == 4
+    assert devices.parse("v5e-32").devices == 32  # chips
+    assert devices.parse("v5litepod-16").devices == 16
+    assert devices.parse("v6e-8").devices == 8
+    assert devices.parse("h100x8").devices == 8
+    assert devices.parse("v5e").devices is None
+    assert devices.parse("a100-80gb").accelerator.hbm_bytes == 80 * 1024**3
+    assert devices.parse("v5e").accelerator.hbm_bytes == 16 * 1024**3
+    for bad, match in (("tpu-v9", "unknown device"), ("v4-3", "multiple of 2"),
+                       ("a100", "a100-40gb or a100-80gb"), ("h100-8", "unknown device")):
+        with pytest.raises(devices.DeviceError, match=match):
+            devices.parse(bad)
+    with pytest.raises(devices.DeviceError, match="v4-32 has 16.*32 TensorCores"):
+        devices.parse("v4-32").check_mesh(32)
+
+
+def test_bad_input_fails_before_compiling():
+    c = tiny_config()
+    calls = []
+
+    def no(*a, **k):
+        calls.append(a)
+        raise AssertionError("compiled")
+
+    cases = [
+        ((1, 2, 1), "tpu-v9", devices.DeviceError, "unknown device"),
+        ((1, 2, 1), "v5e-8", devices.DeviceError, "mesh has 2 devices but v5e-8 has 8"),
+        ((1, 1, 8), "v5e", ShardingError, r"not divisible by mesh axes \('tensor',\)"),
+        ((1, 3, 1), "v5e", ValueError, "ppo.num_envs = 4 does not divide"),
+        ((1, 2), "v5e", plan.PlanError, "three positive sizes"),
+    ]
+    original = plan.compile_steps
+    plan.compile_steps = no
+    try:
+        for shape, device, err, match in cases:
+            with pytest.raises(err, match=match):
+                plan.plan(c, shape, device, config_path=TINY, log=lambda s: None)
+        with pytest.raises(plan.PlanError, match="unknown preset"):
+            plan.plan(c, (1, 1, 1), "v5e", preset="gpt-9", log=lambda s: None)
+    finally:
+        plan.compile_steps = original
+    assert not calls
+
+
+def test_cli_errors():
+    r = _cli("--config", TINY, "--mesh", "1,2,1", "--device", "v5e",
+             "--config.ppo.no_such_field=3")
+    assert r.returncode == 2 and "the config has no field ppo.no_such_field" in r.stderr
+    r = _cli("--config", TINY, "--mesh", "1,2,1", "--device", "v5e-4")
+    assert r.returncode == 1 and "mesh has 2 devices but v5e-4 has 4" in r.stderr
+    assert "compiled" not in r.stderr
