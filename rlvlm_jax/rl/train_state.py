@@ -49,19 +49,21 @@ def get_tokenizer(config, workdir: str | None):
     remote = "://" in str(workdir)
     if not remote and (saved / "tokenizer.json").exists():
         return load_tokenizer(str(saved))
-    local = epath.Path(tempfile.mkdtemp(prefix="card_tokenizer_"))
-    build_card_tokenizer(str(local), config.tokenizer.vocab_size)
-    if (saved / "tokenizer.json").exists():
-        if (saved / "tokenizer.json").read_text() != (local / "tokenizer.json").read_text():
-            raise ValueError(f"{saved} differs from the card tokenizer this version builds; "
-                             "resume with the version that started the run or a new --workdir")
-    elif jax.process_index() == 0:
-        tmp = epath.Path(f"{saved}.tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for f in local.iterdir():
-            f.copy(tmp / f.name, overwrite=True)
-        tmp.rename(saved)
-    return load_tokenizer(str(local))
+    with tempfile.TemporaryDirectory(prefix="card_tokenizer_") as tmpdir:
+        local = epath.Path(tmpdir)
+        build_card_tokenizer(str(local), config.tokenizer.vocab_size)
+        if (saved / "tokenizer.json").exists():
+            if (saved / "tokenizer.json").read_text() != (local / "tokenizer.json").read_text():
+                raise ValueError(f"{saved} differs from the card tokenizer this version builds; "
+                                 "resume with the version that started the run or a new "
+                                 "--workdir")
+        elif jax.process_index() == 0:
+            tmp = epath.Path(f"{saved}.tmp{os.getpid()}")
+            tmp.mkdir(parents=True, exist_ok=True)
+            for f in local.iterdir():
+                f.copy(tmp / f.name, overwrite=True)
+            tmp.rename(saved)
+        return load_tokenizer(str(local))  # read into memory: the directory may go
 
 
 def check_tokenizer(cfg: LlavaConfig, tokenizer) -> None:
