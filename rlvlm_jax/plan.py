@@ -1,7 +1,14 @@
 """Will a config fit? Memory and FLOPs of a PPO iteration per device, before renting a slice.
 
     python -m rlvlm_jax.plan --config experiments/llava_mistral_7b_numberline.py \
-        --mesh 1,32,1 --device v5e-32 [--config.ppo.micro_batches=64 ...]
+        --mesh 1,4,8 --device v5e-32 --probe_layers 2,4 \
+        --config.ppo.num_envs=32 --config.ppo.num_steps=16 --config.eval.episodes=512
+
+`--device`: a slice (v4-32 and v5p-N count TensorCores, 2 per chip: v4-32 is 16 devices;
+v5e-N / v5litepod-N / v6e-N count chips), a plain kind (v5e, h100, a100-80gb: the mesh gives
+the count) or `<gpu>xN`; see rlvlm_jax/devices.py. Unknown devices, meshes that do not match
+the slice or divide the params / batch, and config fields that do not exist are errors before
+anything is compiled (exit code 1, or 2 for flags).
 
 The planner builds the job as `rlvlm_jax.train.Job` does (same policy, optimiser, env, actor,
 rollout and PPO update functions, same parameter shardings from the rule table, env states split
@@ -36,10 +43,17 @@ with `--prompt_tokens`. The ids' contents are irrelevant to shapes and FLOPs.
 Limits: the temporaries are those of XLA:CPU's compilation of the partitioned program; the TPU
 and GPU compilers fuse and lay out differently (and keep bf16 where the CPU may widen to f32), so
 treat them as an estimate; params, optimiser state and the KV cache are exact. The planner
-compiles with XLA:CPU's backend optimisation level 0 and without XLA's constant-folding pass
-(`--fast_compile`, `--constant_folding`): neither changes what the programs compute, and on the
-tiny config the buffer sizes were identical (level 0) or within 0.01% (no folding), while the 7B
-update compiles many times faster. The SFT stage and the evaluation loop are not planned.
+compiles with XLA:CPU's backend optimisation level 0 (`--fast_compile`; identical buffer sizes
+on the tiny config) and without two passes (`--disable_passes`, see DISABLED_PASSES): constant
+folding (hours on the 7B's frozen tower, 0.01% on the tiny config) and while-loop invariant code
+motion (which on CPU, with no memory limit, hoists every layer's FSDP all-gather out of the
+decode loop). Neither changes what the programs compute. Two CPU effects remain in the 7B's
+temporaries and inflate them: XLA:CPU has no bf16 matmul, so bf16 operands are widened to f32
+copies, and FSDP gathers the f32 master weights (the model casts after reading the sharded
+param), so a tensor axis (1,4,8 on v5e-32) shrinks them far more than fsdp alone. For a
+model too big to compile here, `--probe_layers 2,4` compiles two shallow copies and
+extrapolates (checked on the tiny config: within 0.5% of the direct compile). The SFT stage
+and the evaluation loop are not planned.
 """
 # ruff: noqa: E402  (the device count must be in the environment before jax is imported)
 
@@ -113,10 +127,16 @@ from rlvlm_jax.train import validate_config
 GIB = 1024**3
 CHARS_PER_TOKEN = 3.5  # prompt-length estimate without the model's tokenizer (see docstring)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-# XLA's constant folding evaluates, on the host, `tree_finite` of the frozen vision tower's
-# gradients (constant zeros): ~300M elements for CLIP-L, which alone took the 7B update's compile
-# past 15 minutes on 2 cores. Skipping the pass changed the tiny config's temporaries by 0.01%.
-NO_CONSTANT_FOLDING = {"xla_disable_hlo_passes": "constant_folding"}
+# XLA:CPU passes the planner skips by default (`--disable_passes`):
+# - constant_folding evaluates, on the host, `tree_finite` of the frozen vision tower's gradients
+#   (constant zeros): ~300M elements for CLIP-L; the 7B update did not finish compiling in 36 min
+#   on 2 cores. Skipping it changed the tiny config's temporaries by 0.01%.
+# - while-loop-invariant-code-motion hoists each layer's FSDP all-gather out of the decode loop
+#   and the env-step scan, so every device would hold every layer's gathered weights for the
+#   whole rollout (the 7B at 2 layers on fsdp=8: 11.9 GB of temporaries instead of 7.0 GB). TPU
+#   and GPU compiles run under a device memory limit (rematerialisation undoes such hoisting);
+#   XLA:CPU has none, so the hoisted figure would describe no real accelerator.
+DISABLED_PASSES = "constant_folding,while-loop-invariant-code-motion"
 
 
 class PlanError(ValueError):
@@ -141,8 +161,9 @@ def parse_mesh(text) -> tuple[int, int, int]:
 
 @functools.cache
 def _card_tokenizer(vocab_size: int):
-    path = os.path.join(tempfile.mkdtemp(prefix="rlvlm_plan_tok_"), "tokenizer")
-    return build_card_tokenizer(path, vocab_size)
+    with tempfile.TemporaryDirectory(prefix="rlvlm_plan_tok_") as tmp:
+        build_card_tokenizer(tmp, vocab_size)
+        return load_tokenizer(tmp)  # read into memory: the directory goes
 
 
 def _preset_for(config, config_path: str | None) -> str | None:
@@ -328,7 +349,7 @@ def _lora_rank(config) -> int:
 
 
 def build(config, mesh_shape, *, preset="auto", prompt_tokens: int | None = None,
-          fast_compile: bool = True, constant_folding: bool = False, devices=None,
+          fast_compile: bool = True, disable_passes: str = DISABLED_PASSES, devices=None,
           config_path: str | None = None, text_layers: int | None = None) -> Abstract:
     """Everything `Job.__init__` builds for PPO, abstractly, on a mesh of simulated devices.
     Raises PlanError / ShardingError / ValueError on bad input, before compiling anything."""
@@ -409,8 +430,8 @@ def build(config, mesh_shape, *, preset="auto", prompt_tokens: int | None = None
         ref = params  # Job: a copy of the params, placed alike
 
     xla = dict(FAST_COMPILE) if (fast_compile or c.get("fast_compile")) else {}
-    if not constant_folding:
-        xla.update(NO_CONSTANT_FOLDING)
+    if disable_passes:
+        xla["xla_disable_hlo_passes"] = disable_passes
     xla = xla or None
     rollout = actor.make_rollout(c.ppo.num_steps, xla)
     update = ppo_lib.make_ppo_update(policy, tx, c.ppo, xla)
@@ -593,7 +614,7 @@ def extrapolate(runs: list[dict], depths: list[int], full: int) -> dict:
 
 
 def plan(config, mesh, device: str, *, preset="auto", prompt_tokens: int | None = None,
-         fast_compile: bool = True, constant_folding: bool = False, headroom: float = 0.1,
+         fast_compile: bool = True, disable_passes: str = DISABLED_PASSES, headroom: float = 0.1,
          flops: bool = True, devices=None, config_path: str | None = None,
          probe_layers=None, log=print) -> dict:
     """The report (a JSON-able dict). Raises PlanError, DeviceError, ShardingError or ValueError
@@ -620,7 +641,7 @@ def plan(config, mesh, device: str, *, preset="auto", prompt_tokens: int | None 
         raise PlanError(f"ppo buffer {buffer} does not split into {p.minibatches} minibatches "
                         f"of {p.micro_batches} micro-batches")
     kw = dict(preset=preset, prompt_tokens=prompt_tokens, fast_compile=fast_compile,
-              constant_folding=constant_folding, devices=devices, config_path=config_path)
+              disable_passes=disable_passes, devices=devices, config_path=config_path)
     a = build(config, shape, **kw)
     full_depth = a.policy.cfg.text.num_layers
     if probe_layers:
@@ -797,44 +818,53 @@ def suggestions(a: Abstract, report, shape, target) -> list[dict]:
             extra = "" if math.prod(new) == n else f" ({math.prod(new)} devices)"
             out.append({"change": f"--mesh {','.join(map(str, new))}{extra}",
                         "why": "shard params and optimiser state over more devices (fsdp)",
-                        "saves_bytes": saved})
+                        "saves_bytes": saved, "estimate": "exact"})
             break
     if not c.model.remat and upd_phase:
         out.append({"change": "--config.model.remat=True",
                     "why": "recompute each layer's activations in the backward pass",
-                    "saves_bytes": b["update_temporaries"] // 2})
+                    "saves_bytes": b["update_temporaries"] // 2, "estimate": "at most"})
     micro = (p.num_envs * p.num_steps) // (p.minibatches * p.micro_batches)
-    if upd_phase and micro > 1 and micro % 2 == 0:
+    if upd_phase and micro % 2 == 0 and (micro // 2) % (d * f) == 0:
         out.append({"change": f"--config.ppo.micro_batches={p.micro_batches * 2}",
                     "why": f"micro-batches of {micro // 2} instead of {micro}: half the "
-                           "activations live at once", "saves_bytes": b["update_temporaries"] // 2})
+                           "activations live at once", "saves_bytes": b["update_temporaries"] // 2,
+                    "estimate": "at most"})
     if jnp.dtype(c.model.param_dtype) == jnp.float32:
         out.append({"change": "--config.model.param_dtype=bfloat16",
                     "why": "bf16 params (and, with optax's defaults, bf16 Adam moments); "
-                           "less precise updates", "saves_bytes": state // 2})
+                           "less precise updates", "saves_bytes": state // 2,
+                    "estimate": "exact"})
     rank = _lora_rank(c)
     if rank == 0:
         if "lora_rank" in p:
             frac = _lora_fraction(a, 128, report["model"]["trainable_params"])
             out.append({"change": "--config.ppo.lora_rank=128",
-                        "why": "LoRA: the LLaVA weights are frozen, Adam state only for adapters "
-                               "and the value head (RL4VLM used r=128)",
-                        "saves_bytes": int(b["optimizer_state"] * (1 - frac))})
+                        "why": "LoRA: Adam state only for adapters and the value head (RL4VLM: "
+                               "r=128); merging adapters adds temporaries, re-plan",
+                        "saves_bytes": int(b["optimizer_state"] * (1 - frac)),
+                        "estimate": "rough"})
         else:
             out.append({"change": "LoRA (ppo.lora_rank)", "why": "not available in this "
-                        "checkout; would drop most of the optimiser state", "saves_bytes": 0})
-    if not upd_phase:
-        new = (d, f // 2, 2)
-        if t == 1 and f % 2 == 0 and _divides(a, new):
+                        "checkout; would drop most of the optimiser state", "saves_bytes": 0,
+                        "estimate": "rough"})
+    heads = math.gcd(a.policy.cfg.text.num_kv_heads, a.policy.cfg.vision.num_heads)
+    temps = b["update_temporaries"] if upd_phase else b["rollout_temporaries"]
+    for k in (8, 4, 2):
+        new = (d, f // k, t * k)
+        if f % k == 0 and heads % (t * k) == 0 and _divides(a, new):
             out.append({"change": f"--mesh {','.join(map(str, new))}",
-                        "why": "tensor parallelism: KV cache and activations split by heads",
-                        "saves_bytes": b["kv_cache"] // 2})
-        if p.num_envs % 2 == 0 and (p.num_envs // 2) % (d * f) == 0:
-            out.append({"change": f"--config.ppo.num_envs={p.num_envs // 2} "
-                                  f"--config.ppo.num_steps={p.num_steps * 2}",
-                        "why": "half the envs per rollout (same buffer): half the KV cache "
-                               "and rollout activations",
-                        "saves_bytes": b["rollout_temporaries"] // 2})
+                        "why": f"tensor parallelism x{k}: each device gathers 1/{t * k} of a "
+                               "layer's weights over fsdp, attention and MLP activations split "
+                               "by heads (rough: half the saving the ratio suggests)",
+                        "saves_bytes": int(temps * (1 - 1 / k) / 2), "estimate": "rough"})
+            break
+    if not upd_phase and p.num_envs % 2 == 0 and (p.num_envs // 2) % (d * f) == 0:
+        out.append({"change": f"--config.ppo.num_envs={p.num_envs // 2} "
+                              f"--config.ppo.num_steps={p.num_steps * 2}",
+                    "why": "half the envs per rollout (same buffer): half the KV cache and "
+                           "rollout activations", "saves_bytes": b["rollout_temporaries"] // 2,
+                    "estimate": "at most"})
     return sorted(out, key=lambda s: -s["saves_bytes"])
 
 
@@ -917,7 +947,8 @@ def format_report(r: dict) -> str:
                       f"{b['peak'] / GIB:.2f} GiB: {parts}.", "Try (estimated savings; re-plan to "
                       "confirm):"]
         for s in r["suggestions"]:
-            lines.append(f"  {s['change']:<52} -{s['saves_bytes'] / GIB:6.2f} GiB  {s['why']}")
+            saving = f"-{s['saves_bytes'] / GIB:.2f} GiB"
+            lines.append(f"  {s['change']:<50} {saving:>11} {s['estimate']:<8} {s['why']}")
     return "\n".join(lines)
 
 
@@ -938,9 +969,9 @@ def _define_flags(fv: flags.FlagValues):
                        flag_values=fv)
     flags.DEFINE_bool("fast_compile", True, "XLA:CPU backend optimisation level 0 (buffer "
                       "assignment is unchanged; compiles several times faster)", flag_values=fv)
-    flags.DEFINE_bool("constant_folding", False, "run XLA's constant folding (slow on frozen "
-                      "towers' zero gradients; off changes temporaries negligibly)",
-                      flag_values=fv)
+    flags.DEFINE_string("disable_passes", DISABLED_PASSES, "XLA passes skipped (comma list; "
+                        "'' compiles with XLA:CPU's whole pipeline); see plan.DISABLED_PASSES",
+                        flag_values=fv)
     flags.DEFINE_list("probe_layers", None, "compile at these decoder depths (e.g. 2,4) and "
                       "extrapolate XLA's figures linearly to the full depth (big models on "
                       "small machines)", flag_values=fv)
@@ -979,6 +1010,10 @@ def _missing_fields(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     fv = _define_flags(flags.FlagValues())
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(__doc__)
+        print(fv.get_help())
+        return 0
     try:
         fv(argv)
     except (flags.Error, KeyError, ValueError, AttributeError) as e:
@@ -1011,7 +1046,7 @@ def main(argv: list[str]) -> int:
     try:
         report = plan(fv.config, shape, fv.device, preset=fv.preset,
                       prompt_tokens=fv.prompt_tokens, fast_compile=fv.fast_compile,
-                      constant_folding=fv.constant_folding,
+                      disable_passes=fv.disable_passes,
                       headroom=fv.headroom, flops=fv.flops, config_path=config_path,
                       probe_layers=fv.probe_layers,
                       log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -241,6 +241,8 @@ def test_bad_input_fails_before_compiling():
                 plan.plan(c, shape, device, config_path=TINY, log=lambda s: None)
         with pytest.raises(plan.PlanError, match="unknown preset"):
             plan.plan(c, (1, 1, 1), "v5e", preset="gpt-9", log=lambda s: None)
+        with pytest.raises(plan.PlanError, match="two or more depths"):
+            plan.plan(c, (1, 1, 1), "v5e", probe_layers=(1, 4), log=lambda s: None)
     finally:
         plan.compile_steps = original
     assert not calls
@@ -253,3 +255,24 @@ def test_cli_errors():
     r = _cli("--config", TINY, "--mesh", "1,2,1", "--device", "v5e-4")
     assert r.returncode == 1 and "mesh has 2 devices but v5e-4 has 4" in r.stderr
     assert "compiled" not in r.stderr
+
+
+def test_depth_extrapolation_is_linear():
+    """`--probe_layers`: each XLA figure is fitted linearly in the decoder depth."""
+    def run(depth):
+        mem = {"arguments": 100 + 10 * depth, "outputs": 5, "aliased": 0,
+               "temporaries": 1000 + 300 * depth, "code": 0}
+        fl = {"rollout": 7.0 * depth, "update": 11.0 * depth + 1, "iteration": 18.0 * depth + 1,
+              "units": {"decode_step": 2.0 * depth}}
+        return {"rollout": mem, "update": dict(mem, temporaries=50 * depth),
+                "trajectory_bytes": 64, "flops": fl,
+                "compile_seconds": {"rollout": 1.0, "update": 2.0}}
+
+    out = plan.extrapolate([run(2), run(4)], [2, 4], 32)
+    assert out["rollout"]["temporaries"] == 1000 + 300 * 32
+    assert out["rollout"]["arguments"] == 100 + 10 * 32
+    assert out["update"]["temporaries"] == 50 * 32
+    assert out["flops"]["iteration"] == pytest.approx(18.0 * 32 + 1)
+    assert out["flops"]["units"]["decode_step"] == pytest.approx(64.0)
+    assert out["extrapolated"]["largest_fit_residual_bytes"] < 1e-6
+    assert out["compile_seconds"] == {"rollout": 2.0, "update": 4.0}
