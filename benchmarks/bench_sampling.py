@@ -6,6 +6,12 @@ transformers, saved, converted with our converter, and both sides sample 128 new
 left-padded prompts with one image each, at batch 1 and 8. Prefill is included on both sides.
 Prints a table and a final JSON line with the ratios.
 
+It also times, on the same weights, a loop that does nothing but the decoder's weight matmuls for
+one token per row (q, k, v, o, gate, up, down per layer, then the LM head: no attention, norms or
+sampling) and reports the ratio a sampler would reach if its decode step cost only that
+("ceiling"). On a CPU those matrix-vector products read every weight once per token, so that
+loop bounds what any XLA:CPU decoder of this model can do here.
+
     python benchmarks/bench_sampling.py [--repeats 3] [--new-tokens 128] [--batches 1 8]
 """
 
@@ -28,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from rlvlm_jax.models import conversion  # noqa: E402
 from rlvlm_jax.models.llava import abstract_model  # noqa: E402
-from rlvlm_jax.models.sampling import Sampler, SamplingConfig  # noqa: E402
+from rlvlm_jax.models.sampling import Sampler, SamplingConfig, make_knobs  # noqa: E402
 
 TEXT_TOKENS = 32  # prompt text around the image's 64 placeholders
 
@@ -95,6 +101,45 @@ def time_ours(sampler, params, ids, mask, images, t_new: int, repeats: int) -> f
     return time_it(run, repeats)
 
 
+def time_prefill(sampler, params, ids, mask, images, repeats: int) -> float:
+    """Our prefill alone (prompt pass and first token), to split the total into its parts."""
+    knobs = make_knobs(1.0, 0, 1.0, (-1,))
+    state = {"cache": sampler.init_cache(params, *ids.shape)}
+
+    def run():
+        out, state["cache"] = sampler._prefill(params, ids, mask, images, state["cache"],
+                                               jax.random.key(0), knobs)
+        jax.block_until_ready(out.tokens)
+
+    return time_it(run, repeats)
+
+
+def matmul_floor(params, batch: int, steps: int):
+    """A jitted loop of `steps` decode-shaped passes through the text weights' matmuls only."""
+    text = params["text"]
+    mats = []
+    for layer in text["layers"].values():
+        for name in ("q_proj", "k_proj", "v_proj"):
+            mats.append(layer[name].reshape(layer[name].shape[0], -1))
+        mats.append(layer["o_proj"].reshape(-1, layer["o_proj"].shape[-1]))
+        mats += [layer["gate_proj"], layer["up_proj"], layer["down_proj"]]
+    head = text["lm_head"] if "lm_head" in text else text["embed"].T
+    d = head.shape[0]
+
+    def fit(x, n):  # the previous product, cut or repeated to the next matrix's input width
+        return x[:, :n] if x.shape[1] >= n else jnp.tile(x, (1, -(-n // x.shape[1])))[:, :n]
+
+    def body(_, x):
+        for w in mats:  # chained like the model: each product feeds the next
+            x = fit(x, w.shape[0]) @ w
+        x = fit(x, d)
+        return x + 1e-3 * fit(x @ head, d)
+
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, steps, body, x))
+    x = jnp.ones((batch, d), jnp.float32)
+    return lambda: jax.block_until_ready(loop(x))
+
+
 def time_hf(hf, ids, mask, images, t_new: int, repeats: int) -> float:
     import torch
 
@@ -134,17 +179,29 @@ def main() -> None:
         ids, mask, images = make_batch(batch, cfg.num_image_tokens)
         t_ours = time_ours(sampler, params, ids, mask, images, t_new, args.repeats)
         t_hf = time_hf(hf, ids, mask, images, t_new, args.repeats)
+        t_pre = time_prefill(sampler, params, ids, mask, images, args.repeats)
+        t_floor = time_it(matmul_floor(params, batch, t_new - 1), args.repeats)
         ours_tps, hf_tps = batch * t_new / t_ours, batch * t_new / t_hf
-        rows.append((batch, ours_tps, hf_tps, ours_tps / hf_tps))
+        step_ms = 1e3 * max(t_ours - t_pre, 0.0) / (t_new - 1)
+        floor_ms = 1e3 * t_floor / (t_new - 1)
+        ceiling = batch * t_new / (t_pre + t_floor) / hf_tps
+        rows.append((batch, ours_tps, hf_tps, ours_tps / hf_tps, 1e3 * t_pre, step_ms, floor_ms,
+                     ceiling))
         result.update({f"ours_tok_s_b{batch}": round(ours_tps, 1),
                        f"hf_tok_s_b{batch}": round(hf_tps, 1),
-                       f"ratio_b{batch}": round(ours_tps / hf_tps, 2)})
+                       f"ratio_b{batch}": round(ours_tps / hf_tps, 2),
+                       f"prefill_ms_b{batch}": round(1e3 * t_pre, 2),
+                       f"decode_step_ms_b{batch}": round(step_ms, 3),
+                       f"matmul_floor_step_ms_b{batch}": round(floor_ms, 3),
+                       f"ceiling_ratio_b{batch}": round(ceiling, 2)})
 
     print(f"LLaVA {n_params / 1e6:.2f}M params, {t_new} new tokens, prompt "
           f"{TEXT_TOKENS + cfg.num_image_tokens} tokens, best of {args.repeats}")
-    print(f"{'batch':>5} | {'ours tok/s':>11} | {'generate tok/s':>14} | {'ratio':>6}")
-    for batch, o, h, r in rows:
-        print(f"{batch:>5} | {o:>11.1f} | {h:>14.1f} | {r:>5.2f}x")
+    print(f"{'batch':>5} | {'ours tok/s':>11} | {'generate tok/s':>14} | {'ratio':>6} | "
+          f"{'prefill ms':>10} | {'step ms':>7} | {'matmul floor ms':>15} | {'ceiling':>7}")
+    for batch, o, h, r, pre, step, floor, ceil in rows:
+        print(f"{batch:>5} | {o:>11.1f} | {h:>14.1f} | {r:>5.2f}x | {pre:>10.2f} | "
+              f"{step:>7.3f} | {floor:>15.3f} | {ceil:>6.2f}x")
     print(json.dumps(result))
 
 

@@ -128,9 +128,11 @@ GIB = 1024**3
 CHARS_PER_TOKEN = 3.5  # prompt-length estimate without the model's tokenizer (see docstring)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # XLA:CPU passes the planner skips by default (`--disable_passes`):
-# - constant_folding evaluates, on the host, `tree_finite` of the frozen vision tower's gradients
+# - constant_folding evaluated, on the host, `tree_finite` of the frozen vision tower's gradients
 #   (constant zeros): ~300M elements for CLIP-L; the 7B update did not finish compiling in 36 min
-#   on 2 cores. Skipping it changed the tiny config's temporaries by 0.01%.
+#   on 2 cores. Skipping it changed the tiny config's temporaries by 0.01%. The PPO and SFT
+#   steps now check and norm only the trainable gradients (`train_state.trainable_part`); the
+#   pass stays off until a full 7B compile with it has been timed.
 # - while-loop-invariant-code-motion hoists each layer's FSDP all-gather out of the decode loop
 #   and the env-step scan, so every device would hold every layer's gathered weights for the
 #   whole rollout (the 7B at 2 layers on fsdp=8: 11.9 GB of temporaries instead of 7.0 GB). TPU

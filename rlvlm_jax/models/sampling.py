@@ -115,23 +115,31 @@ def _cumsum(x: jax.Array, block: int = 128) -> jax.Array:
     return (within + offsets[:, :, None]).reshape(b, nb * block)[:, :v]
 
 
-def draw(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """One token per row from softmax(logits) by inverse CDF: a single uniform per row instead
-    of a Gumbel draw per vocabulary entry (which cost more than the model's decode step on CPU).
-    Tokens of probability 0 are never drawn (u > 0 and the comparison is strict)."""
+def uniforms(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniforms in (0, 1) for `draw`. The decode loop takes all of its draws in one call before
+    it starts: a threefry draw inside the loop body is itself a loop on XLA:CPU and cost about a
+    fifth of the decode step there."""
+    return jax.random.uniform(key, shape, minval=jnp.finfo(jnp.float32).tiny)
+
+
+def draw(u: jax.Array, logits: jax.Array) -> jax.Array:
+    """One token per row from softmax(logits) by inverse CDF at the row's uniform u (B,): one
+    uniform per row instead of a Gumbel draw per vocabulary entry (which cost more than the
+    model's decode step on CPU). Tokens of probability 0 are never drawn (u > 0 and the
+    comparison is strict)."""
     weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     cdf = _cumsum(weights)
-    u = jax.random.uniform(key, (logits.shape[0], 1), minval=jnp.finfo(jnp.float32).tiny)
-    idx = jnp.sum(cdf < u * cdf[:, -1:], axis=-1)
+    idx = jnp.sum(cdf < u[:, None] * cdf[:, -1:], axis=-1)
     return jnp.minimum(idx, logits.shape[-1] - 1)
 
 
-def sample_token(logits: jax.Array, key: jax.Array, knobs: Knobs) -> tuple[jax.Array, jax.Array]:
-    """(B, V) float32 logits -> (token, its log-prob at the temperature, untruncated)."""
+def sample_token(logits: jax.Array, u: jax.Array, knobs: Knobs) -> tuple[jax.Array, jax.Array]:
+    """(B, V) float32 logits and (B,) uniforms -> (token, its log-prob at the temperature,
+    untruncated)."""
     greedy = knobs.temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, knobs.temperature)
     lse = jax.nn.logsumexp(scaled, axis=-1)
-    drawn = draw(key, filter_logits(scaled, knobs.top_k, knobs.top_p))
+    drawn = draw(u, filter_logits(scaled, knobs.top_k, knobs.top_p))
     token = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
     return token, jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0] - lse
 
@@ -146,6 +154,11 @@ def _record(state: DecodeState, token, logp, pad_id) -> DecodeState:
     hit = jnp.any(token[:, None] == state.knobs.eos_ids[None, :], axis=-1)
     return state._replace(tokens=tokens, logprobs=logprobs, lengths=state.lengths + live,
                           done=state.done | (live & hit), step=state.step + 1)
+
+
+def first_uniforms(rng: jax.Array, batch: int) -> jax.Array:
+    """The uniforms that draw the first new token (after the prefill)."""
+    return uniforms(jax.random.fold_in(rng, 0), (batch,))
 
 
 def prefill(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, *,
@@ -164,7 +177,7 @@ def prefill(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, 
         kv_mask=jnp.concatenate([mask, jnp.zeros((b, t), bool)], axis=1),
         prompt_len=jnp.sum(mask, axis=1, dtype=jnp.int32),
         rng=rng, knobs=knobs)
-    token, logp = sample_token(logits, jax.random.fold_in(rng, 0), knobs)
+    token, logp = sample_token(logits, first_uniforms(rng, b), knobs)
     return _record(state, token, logp, cfg.pad_id), cache
 
 
@@ -172,6 +185,8 @@ def decode(model, state: DecodeState, cache, *, cfg: SamplingConfig
            ) -> tuple[DecodeState, dict]:
     """Feed the last token and sample the next until every row stopped or T tokens exist."""
     p = state.kv_mask.shape[1] - cfg.max_new_tokens
+    # Row b's token at step t draws with us[t, b]; rows t <= the first step are never used.
+    us = uniforms(jax.random.fold_in(state.rng, 1), (cfg.max_new_tokens, state.tokens.shape[0]))
 
     def cond(carry):
         state, _ = carry
@@ -185,8 +200,8 @@ def decode(model, state: DecodeState, cache, *, cfg: SamplingConfig
         kv_mask = jax.lax.dynamic_update_slice(
             state.kv_mask, jnp.ones((state.kv_mask.shape[0], 1), bool), (0, slot))
         logits, cache = model.decode(token, state.prompt_len + prev, kv_mask, cache, slot)
-        key = jax.random.fold_in(state.rng, state.step)
-        token, logp = sample_token(logits, key, state.knobs)
+        u = jax.lax.dynamic_index_in_dim(us, state.step, keepdims=False)
+        token, logp = sample_token(logits, u, state.knobs)
         state = _record(state._replace(kv_mask=kv_mask), token, logp, cfg.pad_id)
         return state, cache
 

@@ -21,7 +21,7 @@ from rlvlm_jax.rl import losses
 from rlvlm_jax.rl.gae import gae
 from rlvlm_jax.rl.minibatch import accumulate_gradients, gather, shuffle_indices
 from rlvlm_jax.rl.rollout import Trajectory
-from rlvlm_jax.rl.train_state import base_params, stop_frozen, tree_finite
+from rlvlm_jax.rl.train_state import base_params, stop_frozen, trainable_part, tree_finite
 
 
 class Samples(NamedTuple):
@@ -176,14 +176,15 @@ def make_ppo_update(policy, tx: optax.GradientTransformation, ppo,
             params, opt_state, finite = carry
             mb = gather(samples, idx)
             grads, _, aux = accumulate_gradients(loss_fn, params, mb, ppo.micro_batches)
-            ok = tree_finite(grads) & jnp.all(jnp.isfinite(aux["loss"]))
+            trained = trainable_part(grads, freeze)
+            ok = tree_finite(trained) & jnp.all(jnp.isfinite(aux["loss"]))
             updates, new_opt = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             # A non-finite step is not applied; the caller sees finite=False and stops.
             params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, params)
             opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
             m = jax.tree.map(jnp.mean, aux)
-            m["grad_norm"] = optax.tree.norm(grads)
+            m["grad_norm"] = optax.tree.norm(trained)
             return (params, opt_state, finite & ok), m
 
         (params, opt_state, finite), per_mb = jax.lax.scan(

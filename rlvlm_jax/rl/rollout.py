@@ -169,7 +169,7 @@ def generate_with_hidden(model, ids, mask, pixels, rng, knobs, cfg: sampling.Sam
     cache = init_cache(model.cfg.text, b, p + t, model.dtype)
     hidden, cache = model.prefill(ids, pixels, mask, cache)
     logits = model.text.logits(hidden)
-    token, logp = sampling.sample_token(logits, jax.random.fold_in(rng, 0), knobs)
+    token, logp = sampling.sample_token(logits, sampling.first_uniforms(rng, b), knobs)
     m = mask.astype(bool)
     state = sampling.DecodeState(
         tokens=jnp.full((b, t), cfg.pad_id, jnp.int32).at[:, 0].set(token),

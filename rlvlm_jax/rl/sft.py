@@ -23,7 +23,7 @@ from rlvlm_jax.distributed import to_host
 from rlvlm_jax.models import sampling, scoring
 from rlvlm_jax.rl import sft_data
 from rlvlm_jax.rl.rollout import CODE_STRINGS, PromptEncoder, generate_with_hidden
-from rlvlm_jax.rl.train_state import stop_frozen
+from rlvlm_jax.rl.train_state import stop_frozen, trainable_part
 from rlvlm_jax.text.byte_table import byte_table
 from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
 from rlvlm_jax.text.tokenizer import encode_prompts
@@ -124,7 +124,7 @@ def make_sft_step(policy, tx: optax.GradientTransformation, freeze_vision: bool 
         (_, metrics), grads = jax.value_and_grad(
             lambda p: sft_loss(policy, p, batch, freeze_vision), has_aux=True
         )(params)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(trainable_part(grads, freeze_vision))
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 

@@ -292,5 +292,16 @@ def base_params(params):
     return {k: v for k, v in params.items() if k != "lora"}
 
 
+def trainable_part(tree, freeze_vision: bool) -> list:
+    """The leaves of a params-shaped tree (e.g. gradients) that train.
+
+    Frozen leaves' gradients are constant zeros: checking or norming them is wasted work, and
+    XLA's constant folding evaluates such checks on the host at compile time (for CLIP-L's
+    ~300M frozen weights that stalled a 7B compile)."""
+    labels = jax.tree.leaves(trainable_labels(tree, freeze_vision))
+    return [x for x, label in zip(jax.tree.leaves(tree), labels, strict=True)
+            if label == "train"]
+
+
 def tree_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

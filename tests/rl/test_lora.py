@@ -108,6 +108,25 @@ def test_gradients_and_updates_reach_only_adapters_and_value_head(tiny):
     assert bool(jnp.any(new["lora"]["text.layers.0.q_proj"]["lora_b"] != 0))
 
 
+def test_trainable_part_is_what_the_optimiser_updates(tiny):
+    """Finite checks and gradient norms read only the leaves that train."""
+    _, _, params = tiny
+    value = jax.tree.leaves(params["value"])
+    vision = jax.tree.leaves(params["vlm"]["vision"])
+    every = jax.tree.leaves(params)
+    ids = lambda leaves: {id(x) for x in leaves}  # noqa: E731
+    assert ids(ts.trainable_part(params, False)) == ids(every)
+    assert ids(ts.trainable_part(params, True)) == ids(every) - ids(vision)
+    with_lora = {**params, "lora": lora.init_lora(params["vlm"], 2, jax.random.key(0))}
+    assert ids(ts.trainable_part(with_lora, False)) == ids(
+        jax.tree.leaves(with_lora["lora"]) + value)
+    # A NaN in a frozen leaf does not count; one in a trained leaf does.
+    bad_vision = jax.tree.map(lambda x: x, params)
+    bad_vision["vlm"]["vision"] = jax.tree.map(lambda x: x * jnp.nan, params["vlm"]["vision"])
+    assert bool(ts.tree_finite(ts.trainable_part(bad_vision, True)))
+    assert not bool(ts.tree_finite(ts.trainable_part(bad_vision, False)))
+
+
 def test_rule_table_places_adapters():
     cfg = presets.get("tiny")
     _, params = ts.init_policy(cfg, (16,), 0)
