@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlvlm_jax.sharding import constrain, spec_for
+
 # The language model's linear maps and the projector (PEFT-style target names).
 DEFAULT_TARGETS = ("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,"
                    "linear_1,linear_2")
@@ -70,17 +72,29 @@ def init_lora(vlm_params, rank: int, key, targets: str = DEFAULT_TARGETS,
     return out
 
 
-def merge(vlm_params, lora: dict | None, scale: float):
-    """vlm params with every adapted weight replaced by W + scale * A @ B (in W's dtype)."""
-    if not lora:
+def merge(vlm_params, lora: dict | None, scale: float, dtype=None):
+    """vlm params with every adapted weight replaced by W + scale * A @ B.
+
+    `dtype` (the compute dtype): matrices, adapted or not, come out in it; the sum is taken in
+    float32 and rounded once, which is what the model's own cast of the merged weight did.
+    Without it, adapted weights keep W's dtype. Cast matrices are held to the rule table's
+    sharding, so the cast and merge happen on each device's shard before any FSDP gather.
+    """
+    cast = dtype is not None and jnp.dtype(dtype) != jnp.float32
+    if not lora and not cast:
         return vlm_params
+    lora = lora or {}
 
     def one(path, w):
-        ab = lora.get(_path(path).replace("/", "."))
+        name = _path(path)
+        ab = lora.get(name.replace("/", "."))
+        out_dtype = dtype if cast and w.ndim >= 2 else w.dtype
         if ab is None:
-            return w
-        delta = (ab["lora_a"] @ ab["lora_b"]).reshape(w.shape)
-        return (w + scale * delta).astype(w.dtype)
+            out = w.astype(out_dtype)
+        else:
+            delta = (ab["lora_a"] @ ab["lora_b"]).reshape(w.shape)
+            out = (w.astype(jnp.float32) + scale * delta).astype(out_dtype)
+        return constrain(out, spec_for(name)) if out is not w else w
 
     return jax.tree_util.tree_map_with_path(one, vlm_params)
 

@@ -134,10 +134,19 @@ class Policy:
     value_graph: nnx.GraphDef
     pixels: str = "clip"  # "clip": CLIP normalisation; "ink": (255 - x) / 255, blank = 0
     lora_scale: float = 0.0  # alpha / rank of the adapters in params["lora"], when present
+    dtype: str = "float32"  # the model's compute dtype
 
     def model(self, params) -> LlavaModel:
-        """The LLaVA module, with LoRA adapters merged in when params carry them."""
-        vlm = lora_lib.merge(params["vlm"], params.get("lora"), self.lora_scale)
+        """The LLaVA module, with LoRA adapters merged in when params carry them.
+
+        Weight matrices are cast to the compute dtype here, on their shards and once per
+        compiled step, instead of at each use inside the decode loop and the layer loop;
+        merged LoRA weights are then held in the compute dtype (half the bytes at bf16). The
+        model casts every matrix to the compute dtype anyway, so the numerics are the same;
+        vectors (norm scales, biases) stay as stored (LayerNorm reads them in float32).
+        """
+        vlm = lora_lib.merge(params["vlm"], params.get("lora"), self.lora_scale,
+                             dtype=jnp.dtype(self.dtype))
         return nnx.merge(self.vlm_graph, vlm)
 
     def value(self, params, hidden: jax.Array) -> jax.Array:
@@ -187,7 +196,7 @@ def init_policy(cfg: LlavaConfig, value_hidden=(1024, 512), seed: int = 0, init:
         params["vlm"] = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), pretrained)
     elif init == "fan_in":
         params["vlm"] = jax.jit(fan_in_init)(params["vlm"])
-    return Policy(cfg, vlm_graph, value_graph, pixels, lora_scale), params
+    return Policy(cfg, vlm_graph, value_graph, pixels, lora_scale, jnp.dtype(dtype).name), params
 
 
 _EMBEDDINGS = ("embed", "pos_embed", "class_embed")

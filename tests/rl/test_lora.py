@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from rlvlm_jax.models import presets
@@ -106,6 +107,30 @@ def test_gradients_and_updates_reach_only_adapters_and_value_head(tiny):
     new = jax.tree.map(lambda p, u: p + u, params, updates)
     jax.tree.map(np.testing.assert_array_equal, new["vlm"], params["vlm"])
     assert bool(jnp.any(new["lora"]["text.layers.0.q_proj"]["lora_b"] != 0))
+
+
+def test_mixed_precision_casts_matrices_once_with_the_same_logits():
+    """bf16 compute: Policy.model hands the model bf16 matrices (cast while still sharded, so
+    gathers move bf16), and the logits equal the model's own per-use casts, with and without
+    adapters."""
+    cfg = presets.get("tiny")
+    policy, params = ts.init_policy(cfg, (16,), 0, dtype="bfloat16")
+    assert policy.dtype == "bfloat16"
+    adapters = lora.init_lora(params["vlm"], 2, jax.random.key(1))
+    adapters = jax.tree.map(lambda x: x + 0.05, adapters)  # B != 0: a real delta
+    policy = ts.dataclasses.replace(policy, lora_scale=2.0)
+    for extra in ({}, {"lora": adapters}):
+        p = {**params, **extra}
+        merged = policy.model(p)
+        leaves = jax.tree.leaves(nnx.state(merged, nnx.Param))
+        assert {x.dtype for x in leaves if x.ndim >= 2} == {jnp.dtype(jnp.bfloat16)}
+        assert {x.dtype for x in leaves if x.ndim < 2} == {jnp.dtype(jnp.float32)}
+        # The old path: merge in float32, let the model cast at each use.
+        f32 = lora.merge(p["vlm"], p.get("lora"), 2.0)
+        old = ts.dataclasses.replace(policy, dtype="float32")
+        want, _ = _forward(old, {**p, "vlm": f32, "lora": None}, cfg)
+        got, _ = _forward(policy, p, cfg)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_trainable_part_is_what_the_optimiser_updates(tiny):
