@@ -66,7 +66,10 @@ def test_two_processes_match_one(runs):
     for ha, hb in zip(a["history"], b["history"], strict=True):
         assert ha.keys() == hb.keys()
         for k in ha:
-            np.testing.assert_allclose(hb[k], ha[k], rtol=1e-4, atol=1e-5, err_msg=k)
+            # Losses and KL estimates are means of differences of log-probs of size ~10:
+            # summed in another order, float32 moves them by ~1e-5 absolute whatever their own
+            # (small) size. The final params are compared more tightly below.
+            np.testing.assert_allclose(hb[k], ha[k], rtol=1e-4, atol=1e-4, err_msg=k)
     for stage in ("sft_eval", "ppo_eval"):
         for k in ("success_rate", "episode_return", "response_length", "env_steps"):
             np.testing.assert_allclose(b[stage][k], a[stage][k], rtol=1e-5, err_msg=k)
