@@ -96,7 +96,6 @@ if __name__ == "__main__":
 
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import tempfile
@@ -117,6 +116,7 @@ import rlvlm_jax.envs as envs
 from rlvlm_jax import devices as devices_lib
 from rlvlm_jax.models import presets, sampling
 from rlvlm_jax.models.llama import init_cache
+from rlvlm_jax.rl import lora as lora_lib
 from rlvlm_jax.rl import ppo as ppo_lib
 from rlvlm_jax.rl import train_state as ts
 from rlvlm_jax.rl.rollout import Actor, PromptEncoder, prompt_text
@@ -388,20 +388,15 @@ def build(config, mesh_shape, *, preset="auto", prompt_tokens: int | None = None
 
     holder = {}
     rank = _lora_rank(c)
-    kw = {}
-    if "lora_scale" in inspect.signature(ts.init_policy).parameters:
-        from rlvlm_jax.rl import lora as lora_lib
-
-        kw["lora_scale"] = lora_lib.scale_of(rank, c.ppo.get("lora_alpha", 0))
+    scale = lora_lib.scale_of(rank, c.ppo.get("lora_alpha", 0))
 
     def init():
         policy, params = ts.init_policy(
             cfg, c.model.value_hidden, c.model.init_seed, c.model.init, c.model.pixels,
-            dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat, **kw)
+            dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
+            lora_scale=scale)
         holder["policy"] = policy
         if rank:
-            if not hasattr(ts, "add_lora"):
-                raise PlanError("config.ppo.lora_rank > 0 but this checkout has no LoRA")
             params = ts.add_lora(params, c.ppo, jax.random.key(0))  # Job.with_lora
         return params
 
@@ -873,8 +868,6 @@ def suggestions(a: Abstract, report, shape, target) -> list[dict]:
 def _lora_fraction(a: Abstract, rank: int, trainable: int) -> float:
     """(adapters of `rank` + value head) / the current trainable params (for the estimate)."""
     try:
-        from rlvlm_jax.rl import lora as lora_lib
-
         paths = lora_lib.target_paths(a.params["vlm"])
         flat = {"/".join(_keys(p)): x
                 for p, x in jax.tree_util.tree_leaves_with_path(a.params["vlm"])}

@@ -117,8 +117,8 @@ def _cumsum(x: jax.Array, block: int = 128) -> jax.Array:
 
 def uniforms(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Uniforms in (0, 1) for `draw`. The decode loop takes all of its draws in one call before
-    it starts: a threefry draw inside the loop body is itself a loop on XLA:CPU and cost about a
-    fifth of the decode step there."""
+    it starts: a threefry draw inside the loop body is itself a loop on XLA:CPU (with it, ~440
+    kernels ran per decode step of the benchmark model at batch 1; without, ~405)."""
     return jax.random.uniform(key, shape, minval=jnp.finfo(jnp.float32).tiny)
 
 
@@ -156,14 +156,18 @@ def _record(state: DecodeState, token, logp, pad_id) -> DecodeState:
                           done=state.done | (live & hit), step=state.step + 1)
 
 
-def first_uniforms(rng: jax.Array, batch: int) -> jax.Array:
-    """The uniforms that draw the first new token (after the prefill)."""
-    return uniforms(jax.random.fold_in(rng, 0), (batch,))
-
-
 def prefill(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, *,
             cfg: SamplingConfig) -> tuple[DecodeState, dict]:
     """Run the left-padded prompt, fill the cache, sample the first new token."""
+    state, cache, _ = prefill_with_hidden(model, input_ids, attention_mask, images, cache, rng,
+                                          knobs, cfg=cfg)
+    return state, cache
+
+
+def prefill_with_hidden(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, *,
+                        cfg: SamplingConfig) -> tuple[DecodeState, dict, jax.Array]:
+    """`prefill`, also returning the last prompt slot's final hidden state (B, D), which the
+    value head reads (rollouts) without a second forward pass."""
     b, p = input_ids.shape
     t = cfg.max_new_tokens
     hidden, cache = model.prefill(input_ids, images, attention_mask, cache)
@@ -177,15 +181,15 @@ def prefill(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, 
         kv_mask=jnp.concatenate([mask, jnp.zeros((b, t), bool)], axis=1),
         prompt_len=jnp.sum(mask, axis=1, dtype=jnp.int32),
         rng=rng, knobs=knobs)
-    token, logp = sample_token(logits, first_uniforms(rng, b), knobs)
-    return _record(state, token, logp, cfg.pad_id), cache
+    token, logp = sample_token(logits, uniforms(jax.random.fold_in(rng, 0), (b,)), knobs)
+    return _record(state, token, logp, cfg.pad_id), cache, hidden
 
 
 def decode(model, state: DecodeState, cache, *, cfg: SamplingConfig
            ) -> tuple[DecodeState, dict]:
     """Feed the last token and sample the next until every row stopped or T tokens exist."""
     p = state.kv_mask.shape[1] - cfg.max_new_tokens
-    # Row b's token at step t draws with us[t, b]; rows t <= the first step are never used.
+    # Row b's token at step t draws with us[t, b]; us[0] is unused (the prefill drew step 0).
     us = uniforms(jax.random.fold_in(state.rng, 1), (cfg.max_new_tokens, state.tokens.shape[0]))
 
     def cond(carry):

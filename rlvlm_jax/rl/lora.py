@@ -89,12 +89,14 @@ def merge(vlm_params, lora: dict | None, scale: float, dtype=None):
         name = _path(path)
         ab = lora.get(name.replace("/", "."))
         out_dtype = dtype if cast and w.ndim >= 2 else w.dtype
+        if ab is None and out_dtype == w.dtype:
+            return w
         if ab is None:
             out = w.astype(out_dtype)
         else:
             delta = (ab["lora_a"] @ ab["lora_b"]).reshape(w.shape)
             out = (w.astype(jnp.float32) + scale * delta).astype(out_dtype)
-        return constrain(out, spec_for(name)) if out is not w else w
+        return constrain(out, spec_for(name))
 
     return jax.tree_util.tree_map_with_path(one, vlm_params)
 

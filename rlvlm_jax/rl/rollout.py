@@ -159,29 +159,12 @@ def formula_of(state, batch: int):
 
 # --------------------------------------------------------------------------------- sampling
 def generate_with_hidden(model, ids, mask, pixels, rng, knobs, cfg: sampling.SamplingConfig):
-    """`sampling.generate`, also returning the last prompt slot's final hidden state (B, D).
-
-    The same prefill as the sampler's (left-padded prompts end at the last slot), kept here so the
-    value head reads the hidden state without a second forward pass.
-    """
+    """`sampling.generate`, also returning the last prompt slot's final hidden state (B, D) for
+    the value head."""
     b, p = ids.shape
-    t = cfg.max_new_tokens
-    cache = init_cache(model.cfg.text, b, p + t, model.dtype)
-    hidden, cache = model.prefill(ids, pixels, mask, cache)
-    logits = model.text.logits(hidden)
-    token, logp = sampling.sample_token(logits, sampling.first_uniforms(rng, b), knobs)
-    m = mask.astype(bool)
-    state = sampling.DecodeState(
-        tokens=jnp.full((b, t), cfg.pad_id, jnp.int32).at[:, 0].set(token),
-        logprobs=jnp.zeros((b, t), jnp.float32).at[:, 0].set(logp),
-        done=jnp.any(token[:, None] == knobs.eos_ids[None, :], axis=-1),
-        lengths=jnp.ones((b,), jnp.int32),
-        step=jnp.int32(1),
-        kv_mask=jnp.concatenate([m, jnp.zeros((b, t), bool)], axis=1),
-        prompt_len=jnp.sum(m, axis=1, dtype=jnp.int32),
-        rng=rng,
-        knobs=knobs,
-    )
+    cache = init_cache(model.cfg.text, b, p + cfg.max_new_tokens, model.dtype)
+    state, cache, hidden = sampling.prefill_with_hidden(model, ids, mask, pixels, cache, rng,
+                                                        knobs, cfg=cfg)
     state, _ = sampling.decode(model, state, cache, cfg=cfg)
     return sampling.SampleOutput(state.tokens, state.lengths, state.logprobs, state.step), hidden
 
