@@ -117,10 +117,12 @@ from rlvlm_jax import devices as devices_lib
 from rlvlm_jax.models import presets, sampling
 from rlvlm_jax.models.llama import init_cache
 from rlvlm_jax.rl import lora as lora_lib
+from rlvlm_jax.rl import optimizer as optim
+from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.rl import ppo as ppo_lib
-from rlvlm_jax.rl import train_state as ts
-from rlvlm_jax.rl.rollout import Actor, PromptEncoder, prompt_text
+from rlvlm_jax.rl.rollout import Actor
 from rlvlm_jax.sharding import AXES, BATCH, ShardingError, Shardings, make_mesh, param_shardings
+from rlvlm_jax.text.prompt_encoder import PromptEncoder, prompt_text
 from rlvlm_jax.text.tokenizer import IMAGE_TOKEN, build_card_tokenizer, load_tokenizer
 from rlvlm_jax.train import validate_config
 
@@ -131,7 +133,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # - constant_folding evaluated, on the host, `tree_finite` of the frozen vision tower's gradients
 #   (constant zeros): ~300M elements for CLIP-L; the 7B update did not finish compiling in 36 min
 #   on 2 cores. Skipping it changed the tiny config's temporaries by 0.01%. The PPO and SFT
-#   steps now check and norm only the trainable gradients (`train_state.trainable_part`); the
+#   steps now check and norm only the trainable gradients (`optimizer.trainable_part`); the
 #   pass stays off until a full 7B compile with it has been timed.
 # - while-loop-invariant-code-motion hoists each layer's FSDP all-gather out of the decode loop
 #   and the env-step scan, so every device would hold every layer's gathered weights for the
@@ -221,7 +223,7 @@ def model_source(config, preset: str | None = "auto", config_path: str | None = 
             raise PlanError(str(e.args[0])) from None
         _check_image_size(cfg, config)
         return ModelSource(cfg, tokenizer, f"preset {preset}", own_tok is not None)
-    cfg = ts.llava_config(config, tokenizer)
+    cfg = policy_lib.llava_config(config, tokenizer)
     return ModelSource(cfg, tokenizer, "config.model fields", True)
 
 
@@ -391,13 +393,13 @@ def build(config, mesh_shape, *, preset="auto", prompt_tokens: int | None = None
     scale = lora_lib.scale_of(rank, c.ppo.get("lora_alpha", 0))
 
     def init():
-        policy, params = ts.init_policy(
+        policy, params = policy_lib.init_policy(
             cfg, c.model.value_hidden, c.model.init_seed, c.model.init, c.model.pixels,
             dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
             lora_scale=scale)
         holder["policy"] = policy
         if rank:
-            params = ts.add_lora(params, c.ppo, jax.random.key(0))  # Job.with_lora
+            params = lora_lib.add_lora(params, c.ppo, jax.random.key(0))  # Job.with_lora
         return params
 
     shapes = jax.eval_shape(init)
@@ -408,8 +410,8 @@ def build(config, mesh_shape, *, preset="auto", prompt_tokens: int | None = None
     batch = NamedSharding(mesh, P(BATCH))
 
     updates = max(1, c.ppo.iterations * c.ppo.epochs * c.ppo.minibatches)
-    schedule = ts.warmup_cosine(c.ppo.lr, updates, c.ppo.warmup, c.ppo.lr_end)
-    tx = ts.make_optimizer(schedule, c.ppo.weight_decay, c.ppo.grad_clip, shapes,
+    schedule = optim.warmup_cosine(c.ppo.lr, updates, c.ppo.warmup, c.ppo.lr_end)
+    tx = optim.make_optimizer(schedule, c.ppo.weight_decay, c.ppo.grad_clip, shapes,
                            c.ppo.freeze_vision)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     opt_state = _with_shardings(opt_shapes, follow_params(opt_shapes, shapes, param_sh, rep))
@@ -528,7 +530,7 @@ def _decode_step(a: Abstract):
     ids = jax.ShapeDtypeStruct((b, plen), jnp.int32)
     frames = jax.ShapeDtypeStruct((b, a.config.image_size, a.config.image_size, 3), jnp.uint8)
     state, cache = jax.eval_shape(prefill, vlm, ids, ids, frames, a.key)
-    kw = sh.sampler_jit_kwargs()["decode"]
+    kw = sampling.jit_shardings(sh)["decode"]
     state_sh, cache_sh = kw["in_shardings"][1], kw["in_shardings"][2]
     cache_sh = jax.tree.map(lambda _: cache_sh, cache)
 
@@ -669,7 +671,7 @@ def plan(config, mesh, device: str, *, preset="auto", prompt_tokens: int | None 
     peak = max(rollout_peak, update_peak)
     hbm = target.accelerator.hbm_bytes
     budget = int(hbm * (1 - headroom))
-    labels = ts.trainable_labels(a.params, bool(p.freeze_vision))
+    labels = optim.trainable_labels(a.params, bool(p.freeze_vision))
     trainable = sum(int(np.prod(x.shape)) for x, lab in
                     zip(jax.tree.leaves(a.params), jax.tree.leaves(labels), strict=True)
                     if lab == "train")

@@ -166,23 +166,6 @@ class Shardings:
 
         return jax.tree.map(one, cache)
 
-    def sampler_jit_kwargs(self) -> dict:
-        """in/out shardings for Sampler's prefill(params, ids, mask, images, cache, rng, knobs)
-        and decode(params, state, cache)."""
-        from rlvlm_jax.models.sampling import DecodeState, Knobs
-
-        rep, bat = self.replicated, self.batch
-        cache = NamedSharding(self.mesh, CACHE_SPEC)
-        knobs = Knobs(rep, rep, rep, rep)
-        state = DecodeState(tokens=bat, logprobs=bat, done=bat, lengths=bat, step=rep,
-                            kv_mask=bat, prompt_len=bat, rng=rep, knobs=knobs)
-        return {
-            "prefill": dict(in_shardings=(self.params, bat, bat, bat, cache, rep, knobs),
-                            out_shardings=(state, cache)),
-            "decode": dict(in_shardings=(self.params, state, cache),
-                           out_shardings=(state, cache)),
-        }
-
     def jit(self, fn, args: str, out_shardings=None, **kwargs):
         """jax.jit with explicit shardings, called under this mesh (so `constrain` applies).
 

@@ -40,13 +40,16 @@ import rlvlm_jax.envs as envs
 from rlvlm_jax import distributed as dist
 from rlvlm_jax.checkpoints import Checkpointer
 from rlvlm_jax.rl import lora as lora_lib
+from rlvlm_jax.rl import optimizer as optim
+from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.rl import ppo as ppo_lib
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl import sft_data
-from rlvlm_jax.rl import train_state as ts
-from rlvlm_jax.rl.rollout import Actor, EnvCarry, PromptEncoder, summarize_evaluation
+from rlvlm_jax.rl.rollout import Actor, EnvCarry, summarize_evaluation
 from rlvlm_jax.sharding import BATCH, make_mesh, shard_params
 from rlvlm_jax.tensorboard import Progress, Writer, reflection_metrics
+from rlvlm_jax.text import tokenizer as tokenizer_lib
+from rlvlm_jax.text.prompt_encoder import PromptEncoder
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
@@ -122,12 +125,12 @@ class Job:
         self.config = config
         self.attach(workdir)
         c = config
-        self.tokenizer = ts.get_tokenizer(c, workdir)
+        self.tokenizer = tokenizer_lib.get_tokenizer(c, workdir)
         pretrained = None
         if c.model.checkpoint:
-            self.cfg, pretrained = ts.load_pretrained(c, self.tokenizer)
+            self.cfg, pretrained = policy_lib.load_pretrained(c, self.tokenizer)
         else:
-            self.cfg = ts.llava_config(c, self.tokenizer)
+            self.cfg = policy_lib.llava_config(c, self.tokenizer)
         bootstrap = not c.ppo.truncation_as_termination
         self.env, self.env_params = envs.make(c.task, image_size=c.image_size,
                                               final_observation=bootstrap)
@@ -139,12 +142,12 @@ class Job:
             raise ValueError(f"prompt ({self.encoder.length}) + max_new_tokens "
                              f"({c.max_new_tokens}) = {need} exceeds model.max_positions "
                              f"{self.cfg.text.max_position_embeddings}")
-        self.policy, self.init_params = ts.init_policy(
+        self.policy, self.init_params = policy_lib.init_policy(
             self.cfg, c.model.value_hidden, c.model.init_seed, c.model.init, c.model.pixels,
             dtype=c.model.dtype, param_dtype=c.model.param_dtype, pretrained=pretrained,
             remat=c.model.remat,
             lora_scale=lora_lib.scale_of(c.ppo.get("lora_rank", 0), c.ppo.get("lora_alpha", 0)))
-        self.num_params = ts.count_params(self.init_params)
+        self.num_params = policy_lib.count_params(self.init_params)
         self.mesh = None
         if mesh_shape(c) is not None:
             self.mesh = make_mesh(mesh_shape(c))
@@ -156,16 +159,16 @@ class Job:
         self.k_data, self.k_held, self.k_sft, self.k_ppo, self.k_eval = jax.random.split(root, 5)
 
         # SFT
-        self.sft_tx = ts.make_optimizer(
-            ts.warmup_cosine(c.sft.lr, c.sft.steps, c.sft.warmup), c.sft.weight_decay,
+        self.sft_tx = optim.make_optimizer(
+            optim.warmup_cosine(c.sft.lr, c.sft.steps, c.sft.warmup), c.sft.weight_decay,
             c.sft.grad_clip, self.init_params)
         self.sft_step = sft_lib.make_sft_step(self.policy, self.sft_tx, compiler_options=xla)
         self.sft_answer = sft_lib.make_sft_eval(self.policy, self.tokenizer, c.task,
                                                 c.max_new_tokens, compiler_options=xla)
         # PPO
         updates = max(1, c.ppo.iterations * c.ppo.epochs * c.ppo.minibatches)
-        self.ppo_schedule = ts.warmup_cosine(c.ppo.lr, updates, c.ppo.warmup, c.ppo.lr_end)
-        self.ppo_tx = ts.make_optimizer(self.ppo_schedule, c.ppo.weight_decay, c.ppo.grad_clip,
+        self.ppo_schedule = optim.warmup_cosine(c.ppo.lr, updates, c.ppo.warmup, c.ppo.lr_end)
+        self.ppo_tx = optim.make_optimizer(self.ppo_schedule, c.ppo.weight_decay, c.ppo.grad_clip,
                                         self.with_lora(self.init_params), c.ppo.freeze_vision)
         self.actor = Actor(self.env, self.env_params, self.policy, self.tokenizer, self.encoder,
                            c.max_new_tokens, c.ppo.thought_lambda, c.ppo.action_only, bootstrap)
@@ -195,7 +198,7 @@ class Job:
         """params plus fresh LoRA adapters (same draw on every call) when ppo.lora_rank > 0."""
         if not self.lora:
             return params
-        params = ts.add_lora(params, self.config.ppo, jax.random.fold_in(self.k_ppo, 2))
+        params = lora_lib.add_lora(params, self.config.ppo, jax.random.fold_in(self.k_ppo, 2))
         if self.mesh is not None:
             params = {**params, "lora": shard_params(params["lora"], self.mesh)}
         return params
@@ -285,7 +288,7 @@ def run_sft(job: Job, params, opt_state, start: int, meta: dict, t_start: float)
     held = jax.device_put(sft_lib.encode_demonstrations(held_demos, job.encoder, job.tokenizer,
                                                         c.max_new_tokens))
     data = jax.device_put(data)
-    schedule = ts.warmup_cosine(c.sft.lr, c.sft.steps, c.sft.warmup)
+    schedule = optim.warmup_cosine(c.sft.lr, c.sft.steps, c.sft.warmup)
     progress = Progress("sft", c.sft.steps, start)
 
     def eval_fn(p):
@@ -311,7 +314,7 @@ def run_sft(job: Job, params, opt_state, start: int, meta: dict, t_start: float)
         params, opt_state, _ = sft_lib.train_sft(
             job.sft_step, params, opt_state, data, stop, c.sft.batch_size, job.k_sft,
             start=step, eval_fn=eval_fn, eval_every=c.sft.eval_every, log_fn=log)
-        if not bool(ts.tree_finite(params)):
+        if not bool(optim.tree_finite(params)):
             raise FloatingPointError(f"SFT produced non-finite params by step {stop}; the last "
                                      "good checkpoint is kept")
         step = stop

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from rlvlm_jax import devices, plan
-from rlvlm_jax.rl import train_state as ts
-from rlvlm_jax.rl.rollout import PromptEncoder
+from rlvlm_jax.rl import optimizer as optim
+from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.sharding import ShardingError, make_mesh, shard_params
+from rlvlm_jax.text.prompt_encoder import PromptEncoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "numberline_tiny.py")
@@ -72,8 +73,8 @@ def real():
     """The tiny policy actually initialised, as training does it."""
     c = tiny_config()
     src = plan.model_source(c)
-    _, params = ts.init_policy(src.cfg, c.model.value_hidden, c.model.init_seed, c.model.init,
-                               c.model.pixels, dtype=c.model.dtype,
+    _, params = policy_lib.init_policy(src.cfg, c.model.value_hidden, c.model.init_seed,
+                                       c.model.init, c.model.pixels, dtype=c.model.dtype,
                                param_dtype=c.model.param_dtype, remat=c.model.remat)
     return c, src, params
 
@@ -116,9 +117,9 @@ def _placed(real, shape):
     c, _, params = real
     mesh = make_mesh(shape, jax.devices()[:math.prod(shape)])
     placed = {k: shard_params(v, mesh) for k, v in params.items()}
-    schedule = ts.warmup_cosine(c.ppo.lr, c.ppo.iterations * c.ppo.epochs * c.ppo.minibatches,
+    schedule = optim.warmup_cosine(c.ppo.lr, c.ppo.iterations * c.ppo.epochs * c.ppo.minibatches,
                                 c.ppo.warmup, c.ppo.lr_end)  # as training builds it
-    tx = ts.make_optimizer(schedule, c.ppo.weight_decay, c.ppo.grad_clip, placed,
+    tx = optim.make_optimizer(schedule, c.ppo.weight_decay, c.ppo.grad_clip, placed,
                            c.ppo.freeze_vision)
     return mesh.devices.flat[0], placed, tx.init(placed)
 

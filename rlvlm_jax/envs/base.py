@@ -86,7 +86,7 @@ class CardEnv(environment.Environment):
 
     def text_fields(self, state) -> dict:
         """Host-side description of one (unbatched) state for prompts and demonstrations
-        (`rlvlm_jax.envs.prompts`, `rlvlm_jax.envs.demos`)."""
+        (`rlvlm_jax.envs.prompts`, `rlvlm_jax.envs.demonstrations`)."""
         raise NotImplementedError
 
     def oracle_action(self, key: jax.Array, state, params=None) -> jax.Array:

@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from rlvlm_jax.models.llama import init_cache
 from rlvlm_jax.models.llava import LlavaConfig, check_image_tokens
+from rlvlm_jax.sharding import CACHE_SPEC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +222,22 @@ def generate(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs,
     return SampleOutput(state.tokens, state.lengths, state.logprobs, state.step), cache
 
 
+def jit_shardings(shardings) -> dict:
+    """in/out shardings (a `sharding.Shardings`' mesh and param rules) for the compiled
+    prefill(params, ids, mask, images, cache, rng, knobs) and decode(params, state, cache)."""
+    rep, bat = shardings.replicated, shardings.batch
+    cache = NamedSharding(shardings.mesh, CACHE_SPEC)
+    knobs = Knobs(rep, rep, rep, rep)
+    state = DecodeState(tokens=bat, logprobs=bat, done=bat, lengths=bat, step=rep,
+                        kv_mask=bat, prompt_len=bat, rng=rep, knobs=knobs)
+    return {
+        "prefill": dict(in_shardings=(shardings.params, bat, bat, bat, cache, rep, knobs),
+                        out_shardings=(state, cache)),
+        "decode": dict(in_shardings=(shardings.params, state, cache),
+                       out_shardings=(state, cache)),
+    }
+
+
 class Sampler:
     """Jitted prefill and decode for one model graph. Create once; call with params each time.
 
@@ -236,7 +254,7 @@ class Sampler:
         self.sampling = sampling
         self.trace_counts = collections.Counter()  # traces per compiled function (tests)
         self.shardings = shardings
-        jit_kw = {} if shardings is None else shardings.sampler_jit_kwargs()
+        jit_kw = {} if shardings is None else jit_shardings(shardings)
         self._prefill = jax.jit(self._prefill_impl, donate_argnames=("cache",),
                                 compiler_options=compiler_options, **jit_kw.get("prefill", {}))
         self._decode = jax.jit(self._decode_impl, donate_argnames=("cache",),

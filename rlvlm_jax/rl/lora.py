@@ -104,3 +104,17 @@ def merge(vlm_params, lora: dict | None, scale: float, dtype=None):
 def scale_of(rank: int, alpha: float) -> float:
     return float(alpha) / float(rank) if rank else 0.0
 
+
+def add_lora(params, ppo, key):
+    """params with fresh adapters when `ppo.lora_rank` > 0 (else unchanged)."""
+    rank = int(ppo.get("lora_rank", 0))
+    if rank <= 0:
+        return params
+    lora = init_lora(params["vlm"], rank, key, ppo.get("lora_targets",
+                                                                 DEFAULT_TARGETS))
+    return {**params, "lora": lora}
+
+
+def base_params(params):
+    """params without adapters: the policy LoRA started from (the KL reference under LoRA)."""
+    return {k: v for k, v in params.items() if k != "lora"}

@@ -19,9 +19,10 @@ import optax
 from rlvlm_jax.models.llava import positions_from_mask
 from rlvlm_jax.rl import losses
 from rlvlm_jax.rl.gae import gae
+from rlvlm_jax.rl.lora import base_params
 from rlvlm_jax.rl.minibatch import accumulate_gradients, gather, shuffle_indices
+from rlvlm_jax.rl.optimizer import stop_frozen, trainable_part, tree_finite
 from rlvlm_jax.rl.rollout import Trajectory
-from rlvlm_jax.rl.train_state import base_params, stop_frozen, trainable_part, tree_finite
 
 
 class Samples(NamedTuple):

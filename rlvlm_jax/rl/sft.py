@@ -22,10 +22,11 @@ import optax
 from rlvlm_jax.distributed import to_host
 from rlvlm_jax.models import sampling, scoring
 from rlvlm_jax.rl import sft_data
-from rlvlm_jax.rl.rollout import CODE_STRINGS, PromptEncoder, generate_with_hidden
-from rlvlm_jax.rl.train_state import stop_frozen, trainable_part
+from rlvlm_jax.rl.optimizer import stop_frozen, trainable_part
+from rlvlm_jax.rl.rollout import generate_with_hidden
 from rlvlm_jax.text.byte_table import byte_table
 from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
+from rlvlm_jax.text.prompt_encoder import CODE_STRINGS, PromptEncoder
 from rlvlm_jax.text.tokenizer import encode_prompts
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from rlvlm_jax.envs import demos, prompts
+from rlvlm_jax.envs import demonstrations, prompts
 
 
 @dataclasses.dataclass
@@ -96,9 +96,10 @@ def make_demonstrations(
         fields = env.text_fields(jax.tree.map(lambda x, i=i: x[i], host))
         prompt_list.append(prompts.full_prompt(env.task, fields.get("formula"), cot=cot))
         if cot:
-            responses.append(demos.cot_demonstration(env.task, action=int(actions[i]), **fields))
+            responses.append(demonstrations.cot_demonstration(env.task, action=int(actions[i]),
+                                                              **fields))
         else:
-            responses.append(demos.answer_only(env.task, int(actions[i])))
+            responses.append(demonstrations.answer_only(env.task, int(actions[i])))
     return Demonstrations(
         np.asarray(host.canvas),
         prompt_list,

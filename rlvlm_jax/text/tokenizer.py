@@ -11,9 +11,12 @@ import argparse
 import os
 import random
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 
+import jax
 import numpy as np
+from etils import epath
 
 IMAGE_TOKEN = "<image>"
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN)  # ids 0..4 in the card tokenizer
@@ -35,7 +38,7 @@ def load_tokenizer(path: str):
 def card_task_corpus(num_states: int = 300, seed: int = 0) -> list[str]:
     """Prompts and chain-of-thought demonstrations of the four card tasks (the text the policy
     reads and writes), over random states."""
-    from rlvlm_jax.envs import demos, prompts
+    from rlvlm_jax.envs import demonstrations, prompts
 
     rng = random.Random(seed)
     texts = []
@@ -44,7 +47,7 @@ def card_task_corpus(num_states: int = 300, seed: int = 0) -> list[str]:
 
     def demo(task, **state):
         try:
-            texts.append(demos.cot_demonstration(task, **state))
+            texts.append(demonstrations.cot_demonstration(task, **state))
         except ValueError:  # a state the task never reaches (e.g. already at the goal)
             pass
 
@@ -114,6 +117,41 @@ def encode_prompts(tokenizer, texts: Sequence[str], num_image_tokens: int, lengt
         ids[b, length - len(row):] = row
         mask[b, length - len(row):] = 1
     return ids, mask
+
+
+def get_tokenizer(config, workdir: str | None):
+    """The configured tokenizer directory, else the pretrained checkpoint's, else the card
+    tokenizer, built once and kept in `<workdir>/tokenizer`.
+
+    Multi-host: every process builds the card tokenizer into a local temporary directory (the
+    build is deterministic) and only process 0 copies it into the workdir, atomically for a
+    local path; a gs:// workdir is never read by transformers, only compared on resume.
+    """
+    path = config.tokenizer.path or config.model.get("checkpoint", "")
+    if path:
+        return load_tokenizer(path)
+    if workdir is None:
+        raise ValueError("config.tokenizer.path is empty and there is no workdir to build in")
+    saved = epath.Path(workdir) / "tokenizer"
+    remote = "://" in str(workdir)
+    if not remote and (saved / "tokenizer.json").exists():
+        return load_tokenizer(str(saved))
+    with tempfile.TemporaryDirectory(prefix="card_tokenizer_") as tmpdir:
+        local = epath.Path(tmpdir)
+        build_card_tokenizer(str(local), config.tokenizer.vocab_size)
+        if (saved / "tokenizer.json").exists():
+            if (saved / "tokenizer.json").read_text() != (local / "tokenizer.json").read_text():
+                raise ValueError(f"{saved} differs from the card tokenizer this version builds; "
+                                 "resume with the version that started the run or a new "
+                                 "--workdir")
+        elif jax.process_index() == 0:
+            tmp = epath.Path(f"{saved}.tmp{os.getpid()}")
+            tmp.mkdir(parents=True, exist_ok=True)
+            for f in local.iterdir():
+                f.copy(tmp / f.name, overwrite=True)
+            tmp.rename(saved)
+        return load_tokenizer(str(local))  # read into memory: the directory may go
+
 
 
 def main(argv: list[str] | None = None) -> int:

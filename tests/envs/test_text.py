@@ -8,7 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from rlvlm_jax.envs import demos, parse, prompts, solvers
+from rlvlm_jax.envs import demonstrations, parse, prompts, solvers
+
+cot_demonstration = demonstrations.cot_demonstration
 from rlvlm_jax.envs.parse import action_span, parse_action
 
 # ------------------------------------------------------------------------------------- prompts
@@ -212,13 +214,13 @@ def test_numberline_demos_all_states_and_overrides():
         if pos == goal:
             continue
         oracle = solvers.numberline_optimal_action(pos, goal)
-        text = demos.cot_demonstration("NumberLine", position=pos, goal=goal)
+        text = cot_demonstration("NumberLine", position=pos, goal=goal)
         _check_demo("NumberLine", text, oracle, oracle)
         obj = json.loads(text)
         assert obj["current number"] == str(pos) and obj["target number"] == str(goal)
-        assert demos.oracle_action("NumberLine", position=pos, goal=goal) == oracle
+        assert demonstrations.oracle_action("NumberLine", position=pos, goal=goal) == oracle
         for a in (0, 1, "-", "+"):
-            wrong = demos.cot_demonstration("NumberLine", position=pos, goal=goal, action=a)
+            wrong = cot_demonstration("NumberLine", position=pos, goal=goal, action=a)
             aid = a if isinstance(a, int) else "-+".index(a)
             _check_demo("NumberLine", wrong, aid, aid)
 
@@ -228,32 +230,32 @@ def test_blackjack_demos_all_states():
         for total in range(12 if ace else 4, 22):
             oracle = solvers.blackjack_basic_action(total, ace, up)
             state = dict(player_sum=total, usable_ace=ace, dealer_up_value=up)
-            _check_demo("Blackjack", demos.cot_demonstration("Blackjack", **state), oracle, oracle)
+            _check_demo("Blackjack", cot_demonstration("Blackjack", **state), oracle, oracle)
             for a in (0, 1):
-                text = demos.cot_demonstration("Blackjack", action=a, **state)
+                text = cot_demonstration("Blackjack", action=a, **state)
                 _check_demo("Blackjack", text, a, a)
                 assert ("I choose to" in text) == (a != oracle)
 
 
 def test_blackjack_demo_with_cards():
-    text = demos.cot_demonstration(
+    text = cot_demonstration(
         "Blackjack", player_sum=16, usable_ace=0, dealer_up_value=10, player_cards=[13, 6]
     )
     assert "K and 6" in text and "16" in text
     _check_demo("Blackjack", text, 1, 1)
-    soft = demos.cot_demonstration(
+    soft = cot_demonstration(
         "Blackjack", player_sum=18, usable_ace=1, dealer_up_value=5, player_cards=[1, 7]
     )
     assert "A and 7" in soft and "usable ace" in soft
     _check_demo("Blackjack", soft, 0, 0)
     with pytest.raises(ValueError):  # cards contradict the total
-        demos.cot_demonstration(
+        cot_demonstration(
             "Blackjack", player_sum=15, usable_ace=0, dealer_up_value=10, player_cards=[13, 6]
         )
     with pytest.raises(TypeError):
-        demos.cot_demonstration("Blackjack", player_sum=15, usable_ace=0)
+        cot_demonstration("Blackjack", player_sum=15, usable_ace=0)
     with pytest.raises(ValueError):  # bust: the episode is over
-        demos.cot_demonstration("Blackjack", player_sum=23, usable_ace=0, dealer_up_value=10)
+        cot_demonstration("Blackjack", player_sum=23, usable_ace=0, dealer_up_value=10)
 
 
 def _play_points(task, ranks, max_steps=25):
@@ -261,8 +263,8 @@ def _play_points(task, ranks, max_steps=25):
     spec = prompts.TASKS[task]
     formula = []
     for _ in range(max_steps):
-        text = demos.cot_demonstration(task, cards=ranks, formula=formula)
-        aid = demos.oracle_action(task, cards=ranks, formula=formula)
+        text = cot_demonstration(task, cards=ranks, formula=formula)
+        aid = demonstrations.oracle_action(task, cards=ranks, formula=formula)
         _check_demo(task, text, aid, aid)
         assert json.loads(text)["current formula"] == prompts.formula_text(formula)
         if spec.action_strings[aid] == "=":
@@ -286,15 +288,15 @@ def test_ezpoints_demos_every_reset_hand():
 
 def test_ezpoints_demo_special_states():
     # blank token from an invalid move is ignored; off-track and complete formulas end with "="
-    text = demos.cot_demonstration("EZPoints", cards=[13, 2], formula=["2", " ", "+"])
+    text = cot_demonstration("EZPoints", cards=[13, 2], formula=["2", " ", "+"])
     _check_demo("EZPoints", text, 9, 9)
     assert json.loads(text)["current formula"] == "2 +"
-    off = demos.cot_demonstration("EZPoints", cards=[13, 2], formula=["2", "*"])
+    off = cot_demonstration("EZPoints", cards=[13, 2], formula=["2", "*"])
     _check_demo("EZPoints", off, 12, 12)
     for action in range(13):
         _check_demo(
             "EZPoints",
-            demos.cot_demonstration("EZPoints", cards=[6, 2], formula=["6"], action=action),
+            cot_demonstration("EZPoints", cards=[6, 2], formula=["6"], action=action),
             action,
             action,
         )
@@ -315,13 +317,13 @@ def test_points24_demos_follow_a_solution():
 
 
 def test_points24_demo_overrides_and_dead_ends():
-    stuck = demos.cot_demonstration("Points24", cards=[12, 1, 4, 6], formula=["1", "+"])
+    stuck = cot_demonstration("Points24", cards=[12, 1, 4, 6], formula=["1", "+"])
     _check_demo("Points24", stuck, 16, 16)
     assert "cannot be completed" in stuck
     for action in range(17):
-        text = demos.cot_demonstration("Points24", cards=[8, 3, 8, 3], formula=["8"], action=action)
+        text = cot_demonstration("Points24", cards=[8, 3, 8, 3], formula=["8"], action=action)
         _check_demo("Points24", text, action, action)
-    assert json.loads(demos.cot_demonstration("Points24", cards=[13, 1, 11, 12]))["cards"] == [
+    assert json.loads(cot_demonstration("Points24", cards=[13, 1, 11, 12]))["cards"] == [
         "K",
         "A",
         "J",
@@ -333,10 +335,10 @@ def test_answer_only_round_trip():
     for name, spec in prompts.TASKS.items():
         for aid, s in enumerate(spec.action_strings):
             for a in (aid, s):
-                text = demos.answer_only(name, a)
+                text = demonstrations.answer_only(name, a)
                 assert json.loads(text) == {"action": s}
                 assert parse_action(name, text) == (aid, 1)
     with pytest.raises(ValueError):
-        demos.answer_only("NumberLine", "hit")
+        demonstrations.answer_only("NumberLine", "hit")
     with pytest.raises(ValueError):
-        demos.answer_only("NumberLine", 2)
+        demonstrations.answer_only("NumberLine", 2)

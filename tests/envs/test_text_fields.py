@@ -4,7 +4,7 @@ import jax
 import pytest
 
 import rlvlm_jax.envs as envs
-from rlvlm_jax.envs import demos, parse, prompts
+from rlvlm_jax.envs import demonstrations, parse, prompts
 from rlvlm_jax.envs.play import make_play, oracle_policy
 
 
@@ -23,9 +23,9 @@ def test_device_oracle_agrees_with_host_demonstrations(task):
         assert prompt.count("<image>") == 1
         if "formula" in fields:
             assert prompts.formula_text(fields["formula"]) in prompt  # the current formula
-        text = demos.cot_demonstration(task, action=int(device[i]), **fields)
+        text = demonstrations.cot_demonstration(task, action=int(device[i]), **fields)
         assert parse.parse_action(task, text) == (int(device[i]), 1)
-        host = demos.oracle_action(task, **fields)
+        host = demonstrations.oracle_action(task, **fields)
         if task == "Points24":
             # Both solve exactly the solvable hands; they may pick different solutions.
             assert (host == env.equals_action) == (int(device[i]) == env.equals_action)

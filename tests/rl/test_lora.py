@@ -2,6 +2,8 @@
 leave the model unchanged, targets are the language model's and projector's linear maps, and
 the rule table places the adapters."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +13,15 @@ from jax.sharding import PartitionSpec as P
 
 from rlvlm_jax.models import presets
 from rlvlm_jax.rl import lora
-from rlvlm_jax.rl import train_state as ts
+from rlvlm_jax.rl import optimizer as optim
+from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.sharding import make_mesh, shard_params
 
 
 @pytest.fixture(scope="module")
 def tiny():
     cfg = presets.get("tiny")
-    policy, params = ts.init_policy(cfg, (16,), 0)
+    policy, params = policy_lib.init_policy(cfg, (16,), 0)
     return cfg, policy, params
 
 
@@ -53,7 +56,7 @@ def test_fresh_adapters_change_nothing(tiny):
     cfg, policy, params = tiny
     with_lora = {**params, "lora": lora.init_lora(params["vlm"], 4, jax.random.key(1))}
     a = jax.jit(lambda p: _forward(policy, p, cfg))(params)
-    lpolicy = ts.dataclasses.replace(policy, lora_scale=8.0)
+    lpolicy = dataclasses.replace(policy, lora_scale=8.0)
     b = jax.jit(lambda p: _forward(lpolicy, p, cfg))(with_lora)
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
 
@@ -87,15 +90,15 @@ def test_merge_is_w_plus_scaled_low_rank_product(tiny):
 def test_gradients_and_updates_reach_only_adapters_and_value_head(tiny):
     cfg, policy, params = tiny
     params = {**params, "lora": lora.init_lora(params["vlm"], 4, jax.random.key(1))}
-    policy = ts.dataclasses.replace(policy, lora_scale=2.0)
-    tx = ts.make_optimizer(ts.warmup_cosine(1e-2, 4), 0.1, 1.0, params, freeze_vision=True)
+    policy = dataclasses.replace(policy, lora_scale=2.0)
+    tx = optim.make_optimizer(optim.warmup_cosine(1e-2, 4), 0.1, 1.0, params, freeze_vision=True)
     opt = tx.init(params)
     # Adam moments exist only for trainable leaves: adapters and value head.
-    trainable = ts.count_params({"l": params["lora"], "v": params["value"]})
+    trainable = policy_lib.count_params({"l": params["lora"], "v": params["value"]})
     assert sum(x.size for x in jax.tree.leaves(opt) if x.ndim) == 2 * trainable
 
     def loss(p):
-        p = ts.stop_frozen(p, True)
+        p = optim.stop_frozen(p, True)
         logits, hidden = _forward(policy, p, cfg)
         return jnp.sum(logits ** 2) + jnp.sum(policy.value(p, hidden[:, -1]))
 
@@ -114,11 +117,11 @@ def test_mixed_precision_casts_matrices_once_with_the_same_logits():
     gathers move bf16), and the logits equal the model's own per-use casts, with and without
     adapters."""
     cfg = presets.get("tiny")
-    policy, params = ts.init_policy(cfg, (16,), 0, dtype="bfloat16")
+    policy, params = policy_lib.init_policy(cfg, (16,), 0, dtype="bfloat16")
     assert policy.dtype == "bfloat16"
     adapters = lora.init_lora(params["vlm"], 2, jax.random.key(1))
     adapters = jax.tree.map(lambda x: x + 0.05, adapters)  # B != 0: a real delta
-    policy = ts.dataclasses.replace(policy, lora_scale=2.0)
+    policy = dataclasses.replace(policy, lora_scale=2.0)
     for extra in ({}, {"lora": adapters}):
         p = {**params, **extra}
         merged = policy.model(p)
@@ -127,7 +130,7 @@ def test_mixed_precision_casts_matrices_once_with_the_same_logits():
         assert {x.dtype for x in leaves if x.ndim < 2} == {jnp.dtype(jnp.float32)}
         # The old path: merge in float32, let the model cast at each use.
         f32 = lora.merge(p["vlm"], p.get("lora"), 2.0)
-        old = ts.dataclasses.replace(policy, dtype="float32")
+        old = dataclasses.replace(policy, dtype="float32")
         want, _ = _forward(old, {**p, "vlm": f32, "lora": None}, cfg)
         got, _ = _forward(policy, p, cfg)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -140,21 +143,21 @@ def test_trainable_part_is_what_the_optimiser_updates(tiny):
     vision = jax.tree.leaves(params["vlm"]["vision"])
     every = jax.tree.leaves(params)
     ids = lambda leaves: {id(x) for x in leaves}  # noqa: E731
-    assert ids(ts.trainable_part(params, False)) == ids(every)
-    assert ids(ts.trainable_part(params, True)) == ids(every) - ids(vision)
+    assert ids(optim.trainable_part(params, False)) == ids(every)
+    assert ids(optim.trainable_part(params, True)) == ids(every) - ids(vision)
     with_lora = {**params, "lora": lora.init_lora(params["vlm"], 2, jax.random.key(0))}
-    assert ids(ts.trainable_part(with_lora, False)) == ids(
+    assert ids(optim.trainable_part(with_lora, False)) == ids(
         jax.tree.leaves(with_lora["lora"]) + value)
     # A NaN in a frozen leaf does not count; one in a trained leaf does.
     bad_vision = jax.tree.map(lambda x: x, params)
     bad_vision["vlm"]["vision"] = jax.tree.map(lambda x: x * jnp.nan, params["vlm"]["vision"])
-    assert bool(ts.tree_finite(ts.trainable_part(bad_vision, True)))
-    assert not bool(ts.tree_finite(ts.trainable_part(bad_vision, False)))
+    assert bool(optim.tree_finite(optim.trainable_part(bad_vision, True)))
+    assert not bool(optim.tree_finite(optim.trainable_part(bad_vision, False)))
 
 
 def test_rule_table_places_adapters():
     cfg = presets.get("tiny")
-    _, params = ts.init_policy(cfg, (16,), 0)
+    _, params = policy_lib.init_policy(cfg, (16,), 0)
     adapters = lora.init_lora(params["vlm"], 4, jax.random.key(0))
     placed = shard_params(adapters, make_mesh((2, 2, 2)))
     ab = placed["text.layers.0.gate_proj"]

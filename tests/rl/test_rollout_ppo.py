@@ -8,8 +8,11 @@ import pytest
 
 import rlvlm_jax.envs as envs
 from rlvlm_jax.rl import losses, ppo
-from rlvlm_jax.rl import train_state as ts
-from rlvlm_jax.rl.rollout import Actor, PromptEncoder
+from rlvlm_jax.rl import optimizer as optim
+from rlvlm_jax.rl import policy as policy_lib
+from rlvlm_jax.rl.rollout import Actor
+from rlvlm_jax.text import tokenizer as tokenizer_lib
+from rlvlm_jax.text.prompt_encoder import PromptEncoder
 from tests.models.compiles import count_compiles
 from tests.rl.test_sft import load_config
 
@@ -21,9 +24,9 @@ FAST = {"xla_backend_optimization_level": 0}  # compile time dominates these tes
 def setup(tmp_path_factory):
     c = load_config()
     c.max_new_tokens = 12  # random models rarely stop: keep the decode short
-    tok = ts.get_tokenizer(c, str(tmp_path_factory.mktemp("tok")))
-    cfg = ts.llava_config(c, tok)
-    policy, params = ts.init_policy(cfg, c.model.value_hidden, 0)
+    tok = tokenizer_lib.get_tokenizer(c, str(tmp_path_factory.mktemp("tok")))
+    cfg = policy_lib.llava_config(c, tok)
+    policy, params = policy_lib.init_policy(cfg, c.model.value_hidden, 0)
     env, env_params = envs.make("NumberLine", image_size=c.image_size, final_observation=True)
     enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
     actor = Actor(env, env_params, policy, tok, enc, c.max_new_tokens, 0.5)
@@ -83,7 +86,7 @@ def updater(setup):
     c, tok, policy, params, *_ = setup
     c = c.copy_and_resolve_references()
     c.ppo.kl_coef = 0.01  # exercise the reference path too
-    tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, params, freeze_vision=True)
+    tx = optim.make_optimizer(optim.warmup_cosine(1e-3, 4), 0.0, 1.0, params, freeze_vision=True)
     return tx, ppo.make_ppo_update(policy, tx, c.ppo, FAST)
 
 
@@ -126,9 +129,9 @@ def test_rollouts_with_a_formula_prompt(tmp_path):
     c.max_new_tokens = 6
     c.image_size = 76  # EZPoints' smallest legible picture
     c.model.patch_size = 19  # 16 image tokens
-    tok = ts.get_tokenizer(c, str(tmp_path))
-    cfg = ts.llava_config(c, tok)
-    policy, params = ts.init_policy(cfg, c.model.value_hidden, 0)
+    tok = tokenizer_lib.get_tokenizer(c, str(tmp_path))
+    cfg = policy_lib.llava_config(c, tok)
+    policy, params = policy_lib.init_policy(cfg, c.model.value_hidden, 0)
     env, env_params = envs.make("EZPoints", image_size=76, final_observation=True)
     enc = PromptEncoder(tok, "EZPoints", True, "short", cfg.num_image_tokens,
                         max_formula=env.max_tokens + 1)
@@ -203,7 +206,7 @@ def test_lora_update_trains_adapters_and_value_head_only(setup):
     c.ppo.micro_batches = 1
     lp = {**params, "lora": lora.init_lora(params["vlm"], 4, jax.random.key(3))}
     lpolicy = dataclasses.replace(policy, lora_scale=2.0)
-    tx = ts.make_optimizer(ts.warmup_cosine(1e-3, 4), 0.0, 1.0, lp, freeze_vision=True)
+    tx = optim.make_optimizer(optim.warmup_cosine(1e-3, 4), 0.0, 1.0, lp, freeze_vision=True)
     update = ppo.make_ppo_update(lpolicy, tx, c.ppo, FAST)
     start = jax.tree.map(jnp.copy, lp)
     p, _, m = update(jax.tree.map(jnp.copy, lp), tx.init(lp), traj, last_value,

@@ -11,9 +11,11 @@ import pytest
 import rlvlm_jax.envs as envs
 from rlvlm_jax.envs import formula as F
 from rlvlm_jax.envs import prompts
+from rlvlm_jax.rl import optimizer as optim
+from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.rl import sft, sft_data
-from rlvlm_jax.rl import train_state as ts
-from rlvlm_jax.rl.rollout import PromptEncoder, prompt_text
+from rlvlm_jax.text import tokenizer as tokenizer_lib
+from rlvlm_jax.text.prompt_encoder import PromptEncoder, prompt_text
 from rlvlm_jax.text.tokenizer import encode_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +31,7 @@ def load_config(name="numberline_test", arg=None):
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    return ts.get_tokenizer(load_config(), str(tmp_path_factory.mktemp("tok")))
+    return tokenizer_lib.get_tokenizer(load_config(), str(tmp_path_factory.mktemp("tok")))
 
 
 @pytest.mark.parametrize("template", ["short", "llava_v1"])
@@ -76,13 +78,13 @@ def test_formula_codes_round_trip():
 
 def test_sft_loss_decreases_on_a_fixed_batch(tok):
     c = load_config()
-    cfg = ts.llava_config(c, tok)
-    policy, params = ts.init_policy(cfg, c.model.value_hidden, 0)
+    cfg = policy_lib.llava_config(c, tok)
+    policy, params = policy_lib.init_policy(cfg, c.model.value_hidden, 0)
     env, _ = envs.make("NumberLine", image_size=c.image_size)
     enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
     data = sft.make_sft_data(env, tok, enc, 8, jax.random.key(0), 0.5, True, c.max_new_tokens)
     assert data.response_mask.sum(1).min() > 40  # whole chains of thought, EOS included
-    tx = ts.make_optimizer(ts.warmup_cosine(1e-2, 20), 0.0, 1.0, params)
+    tx = optim.make_optimizer(optim.warmup_cosine(1e-2, 20), 0.0, 1.0, params)
     step = sft.make_sft_step(policy, tx)
     opt = tx.init(params)
     data = jax.device_put(data)
@@ -101,7 +103,7 @@ def test_sft_loss_decreases_on_a_fixed_batch(tok):
 def test_demonstrations_parse_to_their_actions(tok):
     """The encoded responses, parsed on the device, give the demonstrated actions."""
     c = load_config()
-    cfg = ts.llava_config(c, tok)
+    cfg = policy_lib.llava_config(c, tok)
     env, _ = envs.make("NumberLine", image_size=c.image_size)
     enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
     demos = sft_data.make_demonstrations(env, 16, jax.random.key(1), 0.5, True)

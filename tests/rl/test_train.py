@@ -10,7 +10,7 @@ import pytest
 
 from rlvlm_jax import train as train_lib
 from rlvlm_jax.checkpoints import Checkpointer, CheckpointError
-from rlvlm_jax.rl import train_state as ts
+from rlvlm_jax.text import tokenizer as tokenizer_lib
 from tests.rl.test_sft import ROOT, load_config
 
 TIMING = ("wall_seconds", "eval_seconds")
@@ -31,7 +31,7 @@ def small_config(tok_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tok_dir = str(tmp_path_factory.mktemp("tok"))
-    ts.get_tokenizer(load_config(), tok_dir).save_pretrained(tok_dir)
+    tokenizer_lib.get_tokenizer(load_config(), tok_dir).save_pretrained(tok_dir)
     c = small_config(tok_dir)
     full_dir = str(tmp_path_factory.mktemp("full"))
     job = train_lib.Job(c, full_dir)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvlm_jax.envs import demos
+from rlvlm_jax.envs import demonstrations
 from rlvlm_jax.envs.parse import action_span, found_actions, parse_action
 from rlvlm_jax.envs.prompts import TASKS, TaskText
 from rlvlm_jax.text import byte_table as bt
@@ -45,7 +45,7 @@ def _states(task, rng):
     formula = []
     if rng.random() < 0.6:  # a prefix of the oracle's own path, or random tokens and blanks
         for _ in range(rng.randint(0, 5)):
-            nxt = demos.oracle_action(task, cards=cards, formula=formula)
+            nxt = demonstrations.oracle_action(task, cards=cards, formula=formula)
             if actions[nxt] == "=":
                 break
             formula.append(actions[nxt])
@@ -60,8 +60,8 @@ def _bases(task, rng):
     for _ in range(N_BASES):
         state = _states(task, rng)
         action = None if rng.random() < 0.5 else rng.randrange(n_act)
-        out.append(demos.cot_demonstration(task, action=action, **state))
-    out += [demos.answer_only(task, a) for a in range(n_act)]
+        out.append(demonstrations.cot_demonstration(task, action=action, **state))
+    out += [demonstrations.answer_only(task, a) for a in range(n_act)]
     return out
 
 

@@ -1,69 +1,27 @@
-"""The policy (LLaVA + value head) built from a config, and the optimiser around it.
+"""The policy: LLaVA + value head built from the model config, its params drawn or loaded.
 
-Params travel as one plain dict `{"vlm": ..., "value": ...}` through compiled functions; the
-`Policy` holds only the static graph definitions, so jitted functions take params as arguments
-and never close over them.
+Params travel as one plain dict `{"vlm": ..., "value": ...}` (plus `"lora"` under LoRA) through
+compiled functions; the `Policy` holds only the static graph definitions, so jitted functions
+take params as arguments and never close over them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from etils import epath
 from flax import nnx
 
+from rlvlm_jax.envs.prompts import IMAGE_TOKEN
 from rlvlm_jax.models.clip import VisionConfig
 from rlvlm_jax.models.llama import TextConfig
 from rlvlm_jax.models.llava import LlavaConfig, LlavaModel, draw_params
 from rlvlm_jax.models.preprocess import clip_preprocess
 from rlvlm_jax.models.value_head import ValueHead
 from rlvlm_jax.rl import lora as lora_lib
-from rlvlm_jax.text.tokenizer import (
-    IMAGE_TOKEN,
-    build_card_tokenizer,
-    load_tokenizer,
-    model_token_ids,
-)
-
-
-def get_tokenizer(config, workdir: str | None):
-    """The configured tokenizer directory, else the pretrained checkpoint's, else the card
-    tokenizer, built once and kept in `<workdir>/tokenizer`.
-
-    Multi-host: every process builds the card tokenizer into a local temporary directory (the
-    build is deterministic) and only process 0 copies it into the workdir, atomically for a
-    local path; a gs:// workdir is never read by transformers, only compared on resume.
-    """
-    path = config.tokenizer.path or config.model.get("checkpoint", "")
-    if path:
-        return load_tokenizer(path)
-    if workdir is None:
-        raise ValueError("config.tokenizer.path is empty and there is no workdir to build in")
-    saved = epath.Path(workdir) / "tokenizer"
-    remote = "://" in str(workdir)
-    if not remote and (saved / "tokenizer.json").exists():
-        return load_tokenizer(str(saved))
-    with tempfile.TemporaryDirectory(prefix="card_tokenizer_") as tmpdir:
-        local = epath.Path(tmpdir)
-        build_card_tokenizer(str(local), config.tokenizer.vocab_size)
-        if (saved / "tokenizer.json").exists():
-            if (saved / "tokenizer.json").read_text() != (local / "tokenizer.json").read_text():
-                raise ValueError(f"{saved} differs from the card tokenizer this version builds; "
-                                 "resume with the version that started the run or a new "
-                                 "--workdir")
-        elif jax.process_index() == 0:
-            tmp = epath.Path(f"{saved}.tmp{os.getpid()}")
-            tmp.mkdir(parents=True, exist_ok=True)
-            for f in local.iterdir():
-                f.copy(tmp / f.name, overwrite=True)
-            tmp.rename(saved)
-        return load_tokenizer(str(local))  # read into memory: the directory may go
+from rlvlm_jax.text.tokenizer import model_token_ids
 
 
 def check_tokenizer(cfg: LlavaConfig, tokenizer) -> None:
@@ -226,91 +184,3 @@ def fan_in_init(vlm_params, embed_std: float = 1.0):
 
 def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def warmup_cosine(lr: float, steps: int, warmup: int = 0, end: float | None = None):
-    """Linear warm-up to `lr`, then cosine to `end` (lr / 10 by default) at `steps`."""
-    end = lr / 10 if end is None else end
-    steps = max(int(steps), 1)
-    warmup = min(int(warmup), steps - 1)
-    if warmup <= 0:
-        return optax.cosine_decay_schedule(lr, steps, alpha=end / lr if lr else 0.0)
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps, end)
-
-
-def _frozen_base(params) -> bool:
-    """With LoRA adapters, the whole LLaVA is frozen: only adapters and value head train."""
-    return "lora" in params
-
-
-def trainable_labels(params, freeze_vision: bool):
-    """'frozen' for the vision tower's leaves when `freeze_vision` and for every LLaVA weight
-    when params carry LoRA adapters; else 'train'."""
-    base = _frozen_base(params)
-
-    def label(path, _):
-        keys = [getattr(k, "key", None) for k in path[:2]]
-        if keys[0] == "vlm" and (base or (freeze_vision and keys[1] == "vision")):
-            return "frozen"
-        return "train"
-
-    return jax.tree_util.tree_map_with_path(label, params)
-
-
-def make_optimizer(schedule, weight_decay: float, grad_clip: float, params,
-                   freeze_vision: bool = False) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW (decay on matrices only); frozen leaves get no update
-    and no optimiser state (optax.set_to_zero keeps none)."""
-    def decay_mask(tree):
-        return jax.tree.map(lambda p: p.ndim >= 2, tree)
-
-    inner = optax.chain(
-        optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
-        optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask),
-    )
-    if not (freeze_vision or _frozen_base(params)):
-        return inner
-    labels = trainable_labels(params, freeze_vision)
-    return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
-
-
-def stop_frozen(params, freeze_vision: bool):
-    """Stop gradients into frozen weights (the vision tower; all of LLaVA under LoRA), so the
-    backward pass skips them entirely."""
-    if _frozen_base(params):
-        return {**params, "vlm": jax.lax.stop_gradient(params["vlm"])}
-    if not freeze_vision:
-        return params
-    vlm = dict(params["vlm"])
-    vlm["vision"] = jax.lax.stop_gradient(vlm["vision"])
-    return {**params, "vlm": vlm}
-
-
-def add_lora(params, ppo, key):
-    """params with fresh adapters when `ppo.lora_rank` > 0 (else unchanged)."""
-    rank = int(ppo.get("lora_rank", 0))
-    if rank <= 0:
-        return params
-    lora = lora_lib.init_lora(params["vlm"], rank, key, ppo.get("lora_targets",
-                                                                 lora_lib.DEFAULT_TARGETS))
-    return {**params, "lora": lora}
-
-
-def base_params(params):
-    """params without adapters: the policy LoRA started from (the KL reference under LoRA)."""
-    return {k: v for k, v in params.items() if k != "lora"}
-
-
-def trainable_part(tree, freeze_vision: bool) -> list:
-    """The leaves of a params-shaped tree (e.g. gradients) that train.
-
-    Frozen leaves' gradients are constant zeros: checking or norming them is wasted work, and
-    XLA's constant folding evaluates such checks on the host at compile time (for CLIP-L's
-    ~300M frozen weights that stalled a 7B compile)."""
-    labels = jax.tree.leaves(trainable_labels(tree, freeze_vision))
-    return [x for x, label in zip(jax.tree.leaves(tree), labels, strict=True)
-            if label == "train"]
-
-
-def tree_finite(tree) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

@@ -10,9 +10,9 @@ def test_demo_runs_and_writes_pictures_and_texts(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "rlvlm_jax.demo",
+        "rlvlm_jax.tour",
         "--config",
-        "experiments/demo.py:NumberLine,EZPoints",
+        "experiments/tour.py:NumberLine,EZPoints",
         "--config.num_envs=32",
         "--config.steps=12",
         f"--workdir={tmp_path}",
@@ -40,9 +40,9 @@ def test_demo_rejects_unknown_task(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "rlvlm_jax.demo",
+        "rlvlm_jax.tour",
         "--config",
-        "experiments/demo.py:Poker",
+        "experiments/tour.py:Poker",
         f"--workdir={tmp_path}",
     ]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,11 +1,11 @@
-"""Environment demo (the main job until training lands): oracle play, pictures and text.
+"""A tour of the card environments: oracle and random play, pictures and text episodes.
 
 For each task it (1) plays the oracle and a random policy in thousands of environments inside one
 compiled scan and reports first-episode success rates, and (2) plays one episode through the text
 interface the VLM will use: picture -> prompt (with the current formula) -> chain-of-thought
 demonstration -> reference parser -> action -> env step, saving every picture and text.
 
-    python -m rlvlm_jax.demo --config experiments/demo.py --workdir outputs/demo
+    python -m rlvlm_jax.tour --config experiments/tour.py --workdir outputs/tour
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 import rlvlm_jax.envs as envs
-from rlvlm_jax.envs import demos, parse, prompts
+from rlvlm_jax.envs import demonstrations, parse, prompts
 from rlvlm_jax.envs.play import make_play, oracle_policy, random_policy, summarize
 
 
@@ -37,7 +37,7 @@ def play_text_episode(env, key, outdir, max_steps=30):
         formula = fields.get("formula")
         prompt = prompts.full_prompt(env.task, formula, cot=True)
         oracle = int(policy(key, state))
-        answer = demos.cot_demonstration(env.task, action=oracle, **fields)
+        answer = demonstrations.cot_demonstration(env.task, action=oracle, **fields)
         action, n_found = parse.parse_action(env.task, answer)
         if action != oracle:
             raise RuntimeError(f"{env.task}: the demonstration parsed to {action}, not {oracle}")
@@ -66,14 +66,14 @@ def play_text_episode(env, key, outdir, max_steps=30):
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (get_config)")
-_WORKDIR = flags.DEFINE_string("workdir", "outputs/demo", "where pictures and texts are written")
+_WORKDIR = flags.DEFINE_string("workdir", "outputs/tour", "where pictures and texts are written")
 
 
 def main(argv):
     del argv
     args, outdir = _CONFIG.value, _WORKDIR.value
     if args is None:
-        raise app.UsageError("--config is required, e.g. --config experiments/demo.py")
+        raise app.UsageError("--config is required, e.g. --config experiments/tour.py")
     unknown = [t for t in args.tasks.split(",") if t not in envs.TASKS]
     if unknown:
         raise app.UsageError(

@@ -1,7 +1,7 @@
-"""Environment demo: oracle and random play on every card task, pictures and text episodes.
+"""A tour of the card environments: oracle and random play on every task, pictures, text episodes.
 
-python -m rlvlm_jax.demo --config experiments/demo.py --workdir outputs/demo
-python -m rlvlm_jax.demo --config experiments/demo.py:Points24 --config.num_envs=256 ...
+python -m rlvlm_jax.tour --config experiments/tour.py --workdir outputs/tour
+python -m rlvlm_jax.tour --config experiments/tour.py:Points24 --config.num_envs=256 ...
 """
 
 import ml_collections
