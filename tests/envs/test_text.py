@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from rlvlm_jax.envs import demonstrations, parse, prompts, solvers
+from rlvlm_jax.envs.parse import action_span, parse_action
 
 cot_demonstration = demonstrations.cot_demonstration
-from rlvlm_jax.envs.parse import action_span, parse_action
 
 # ------------------------------------------------------------------------------------- prompts
 # sha256 of the original get_prompt(env, action_only, infos=None) output, computed by running the
