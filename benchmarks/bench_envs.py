@@ -23,7 +23,7 @@ import time
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", default="NumberLine,EZPoints,Points24,Blackjack")
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     p.add_argument("--batch-sizes", default="1,64,1024")
     p.add_argument("--steps", type=int, default=100, help="scan length per timed call")
     p.add_argument("--repeats", type=int, default=3, help="timed calls (best is reported)")
@@ -119,7 +119,9 @@ def original_baseline(task, seconds, path):
     sys.path.insert(0, path)
     import gym_cards  # noqa: F401  (registers the gymnasium ids)
 
-    env = gymnasium.make(f"gym_cards/{task}-v0")
+    from rlvlm_jax.envs.tasks import get_task
+
+    env = gymnasium.make(get_task(task).gym_id)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     n, t0 = 0, time.perf_counter()
@@ -141,8 +143,6 @@ def main(argv=None):
                 __file__,
                 "--devices",
                 str(devices),
-                "--tasks",
-                args.tasks,
                 "--batch-sizes",
                 args.batch_sizes,
                 "--steps",
@@ -154,6 +154,8 @@ def main(argv=None):
                 "--baseline-seconds",
                 str(args.baseline_seconds if devices == 1 else 0),
             ]
+            if args.tasks:
+                cmd += ["--tasks", args.tasks]
             if args.original_gym_cards and devices == 1:
                 cmd += ["--original-gym-cards", args.original_gym_cards]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -166,6 +168,8 @@ def main(argv=None):
     )
     import jax
 
+    from rlvlm_jax.envs.tasks import TASK_NAMES  # after XLA_FLAGS: importing envs imports jax
+
     print(
         f"# jax {jax.__version__}, {len(jax.devices())} host device(s), "
         f"{os.cpu_count()} cores, image {args.image_size}x{args.image_size}"
@@ -173,7 +177,7 @@ def main(argv=None):
     header = f"{'task':<11} {'devices':>7} {'batch':>6} {'steps/s':>12} {'compile s':>10}"
     print(header + f" {'PIL host baseline':>18} {'ratio':>8} {'original':>9} {'ratio':>8}")
     results = []
-    for task in args.tasks.split(","):
+    for task in (args.tasks or ",".join(TASK_NAMES)).split(","):
         baseline = (
             pil_baseline(task, args.baseline_seconds, args.image_size)
             if args.baseline_seconds > 0

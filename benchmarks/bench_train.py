@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rlvlm_jax.build import build  # noqa: E402
 from rlvlm_jax.rl import sft as sft_lib  # noqa: E402
-from rlvlm_jax.train import Job  # noqa: E402
 
 
 def load_config(path):
@@ -54,27 +54,27 @@ def main():
     args = ap.parse_args()
     c = load_config(args.config)
     c.sft.num_demos = max(c.sft.batch_size, 64)
-    job = Job(c, tempfile.mkdtemp(prefix="bench_train_"))
-    params = job.init_params
+    run = build(c, tempfile.mkdtemp(prefix="bench_train_"))
+    params = run.init_params
     rows = []
 
     data = jax.device_put(sft_lib.make_sft_data(
-        job.env, job.tokenizer, job.encoder, c.sft.num_demos, jax.random.key(0), 0.5, c.cot,
+        run.env, run.tokenizer, run.encoder, c.sft.num_demos, jax.random.key(0), 0.5, c.cot,
         c.max_new_tokens))
-    opt = job.sft_tx.init(params)
+    opt = run.sft_tx.init(params)
     idx = jnp.arange(c.sft.batch_size) % c.sft.num_demos
     state = {"p": jax.tree.map(jnp.copy, params), "o": opt}
 
     def sft_call():
-        state["p"], state["o"], m = job.sft_step(state["p"], state["o"], data, idx)
+        state["p"], state["o"], m = run.sft_step(state["p"], state["o"], data, idx)
         return m
 
     _, first, t = timed(sft_call, args.repeats)
     rows.append(("sft step", c.sft.batch_size, first, t, c.sft.batch_size / t, 0.0))
 
-    carry = job.actor.reset(jax.random.key(1), c.ppo.num_envs)
+    carry = run.actor.reset(jax.random.key(1), c.ppo.num_envs)
     temp = jnp.float32(c.ppo.temperature)
-    out, first, t = timed(lambda: job.rollout(params, carry, jax.random.key(2), temp),
+    out, first, t = timed(lambda: run.rollout(params, carry, jax.random.key(2), temp),
                           args.repeats)
     _, traj, last_value = out
     steps = c.ppo.num_envs * c.ppo.num_steps
@@ -82,12 +82,12 @@ def main():
     rows.append(("rollout", steps, first, t, steps / t, tokens / t))
 
     p2 = jax.tree.map(jnp.copy, params)
-    o2 = job.ppo_tx.init(p2)
+    o2 = run.ppo_tx.init(p2)
     upd_state = {"p": p2, "o": o2}
     ref = params if c.ppo.kl_coef > 0 else None
 
     def upd_call():
-        upd_state["p"], upd_state["o"], m = job.update(upd_state["p"], upd_state["o"], traj,
+        upd_state["p"], upd_state["o"], m = run.update(upd_state["p"], upd_state["o"], traj,
                                                        last_value, jax.random.key(3), ref)
         return m
 
@@ -104,7 +104,7 @@ def main():
                                        "samples_per_s": round(r[4], 2),
                                        "tokens_per_s": round(r[5], 1)} for r in rows}
     result["config"] = args.config
-    result["params"] = job.num_params
+    result["params"] = run.num_params
     result["devices"] = [str(d) for d in jax.devices()]
     print(json.dumps(result))
 

@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ppo.ent_coef = 0.0  # entropy bonus (entropy is logged either way)
     c.ppo.kl_coef = 0.0  # k-estimator KL to the frozen SFT policy (MAYE: 0.001)
     c.ppo.kl_estimator = "k3"  # k1, k2 or k3
+    c.ppo.token_reduction = "token_mean"  # KL/entropy over tokens: losses.TOKEN_REDUCTIONS
     c.ppo.gamma = 0.9  # discount
     c.ppo.gae_lambda = 0.95  # GAE lambda
     c.ppo.thought_lambda = 0.5  # weight of the CoT tokens' log-probs in the action log-prob

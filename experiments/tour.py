@@ -6,7 +6,9 @@ python -m rlvlm_jax.tour --config experiments/tour.py:Points24 --config.num_envs
 
 import ml_collections
 
-ALL_TASKS = "NumberLine,EZPoints,Points24,Blackjack"
+from rlvlm_jax.envs.tasks import TASK_NAMES
+
+ALL_TASKS = ",".join(TASK_NAMES)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

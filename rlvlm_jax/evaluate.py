@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
+from rlvlm_jax.build import build
 from rlvlm_jax.checkpoints import CheckpointError
 from rlvlm_jax.rl.rollout import summarize_evaluation
-from rlvlm_jax.train import _CONFIG, _WORKDIR, Job  # --config and --workdir, defined there
+from rlvlm_jax.train import _CONFIG, _WORKDIR, Outputs  # --config, --workdir defined there
 
 
 def _define_flags():
@@ -42,35 +43,29 @@ def evaluate_checkpoint(config, workdir: str, episodes: int, temperature: float,
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.eval.episodes = episodes
-    job = Job(config, workdir)
-    with job.mesh_context():
-        return _evaluate(job, config, workdir, episodes, temperature, step, seed)
+    run = build(config, workdir)
+    out = Outputs(config, workdir)
+    with run.mesh_context():
+        return _evaluate(run, out, episodes, temperature, step, seed)
 
 
-def _evaluate(job, config, workdir, episodes, temperature, step, seed) -> dict:
-    step = job.ckpt.latest_step() if step is None else step
+def _evaluate(run, out, episodes, temperature, step, seed) -> dict:
+    step = out.ckpt.latest_step() if step is None else step
     if step is None:
-        raise CheckpointError(f"no checkpoint in {job.ckpt.directory}")
-    meta = job.ckpt.read_meta(step)
-    params = job.init_params
-    if meta["stage"] == "sft":
-        state, _ = job.ckpt.restore({"params": params, "opt": job.sft_tx.init(params)}, step)
-    else:
-        carry = job.reset_envs(jax.random.key(0))
-        ref = params if config.ppo.kl_coef > 0 else None
-        state, _ = job.ckpt.restore(
-            job.ppo_state(params, job.ppo_tx.init(params), carry, jax.random.key(0), ref), step)
+        raise CheckpointError(f"no checkpoint in {out.ckpt.directory}")
+    meta = out.ckpt.read_meta(step)
+    state, _ = out.ckpt.restore(run.restore_target(meta["stage"]), step)
     t0 = time.time()
-    out = summarize_evaluation(
-        job.evaluate_fn(state["params"], jax.random.key(seed), jnp.float32(temperature)))
-    out.update(eval_seconds=time.time() - t0, checkpoint_step=step, stage=meta["stage"],
-               temperature=temperature)
-    job.writer.scalars(step, out, f"evaluate/t{temperature:g}/")
-    job.writer.close()
-    path = os.path.join(workdir, f"eval_{step}_t{temperature:g}.json")
+    result = summarize_evaluation(
+        run.evaluate_fn(state["params"], jax.random.key(seed), jnp.float32(temperature)))
+    result.update(eval_seconds=time.time() - t0, checkpoint_step=step, stage=meta["stage"],
+                  temperature=temperature)
+    out.writer.scalars(step, result, f"evaluate/t{temperature:g}/")
+    out.writer.close()
+    path = os.path.join(out.workdir, f"eval_{step}_t{temperature:g}.json")
     with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    return out
+        json.dump(result, f, indent=1)
+    return result
 
 
 def main(argv, f) -> int:

@@ -2,7 +2,7 @@
 
 For each task it (1) plays the oracle and a random policy in thousands of environments inside one
 compiled scan and reports first-episode success rates, and (2) plays one episode through the text
-interface the VLM will use: picture -> prompt (with the current formula) -> chain-of-thought
+interface the VLM uses: picture -> prompt (with the current formula) -> chain-of-thought
 demonstration -> reference parser -> action -> env step, saving every picture and text.
 
     python -m rlvlm_jax.tour --config experiments/tour.py --workdir outputs/tour
@@ -23,6 +23,7 @@ from PIL import Image
 import rlvlm_jax.envs as envs
 from rlvlm_jax.envs import demonstrations, parse, prompts
 from rlvlm_jax.envs.play import make_play, oracle_policy, random_policy, summarize
+from rlvlm_jax.envs.tasks import TASK_NAMES
 
 
 def play_text_episode(env, key, outdir, max_steps=30):
@@ -74,10 +75,10 @@ def main(argv):
     args, outdir = _CONFIG.value, _WORKDIR.value
     if args is None:
         raise app.UsageError("--config is required, e.g. --config experiments/tour.py")
-    unknown = [t for t in args.tasks.split(",") if t not in envs.TASKS]
+    unknown = [t for t in args.tasks.split(",") if t not in TASK_NAMES]
     if unknown:
         raise app.UsageError(
-            f"unknown task(s) {unknown} in config.tasks; choose from {', '.join(envs.TASKS)}"
+            f"unknown task(s) {unknown} in config.tasks; choose from {', '.join(TASK_NAMES)}"
         )
     os.makedirs(outdir, exist_ok=True)
     key = jax.random.key(args.seed)

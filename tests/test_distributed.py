@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from rlvlm_jax import train as train_lib
+from rlvlm_jax.build import build
 from rlvlm_jax.checkpoints import Checkpointer
 from tests.rl.test_sft import ROOT, load_config
 
@@ -79,10 +79,7 @@ def test_same_final_params(runs):
     single, multi, *_ = runs
     c = load_config()
     c.ppo.kl_coef = 0.01  # as OVERRIDES: the reference params are part of the checkpoint
-    job = train_lib.Job(c, str(single / "restore"))  # shapes only: one local device here
-    target = job.ppo_state(job.with_lora(job.init_params), job.ppo_tx.init(job.init_params),
-                           job.actor.reset(jax.random.key(0), c.ppo.num_envs),
-                           jax.random.key(0), job.init_params)
+    target = build(c, str(single / "restore")).restore_target("ppo")  # one local device here
     last = c.sft.steps + c.ppo.iterations
     sa, _ = Checkpointer(str(single / "checkpoints")).restore(target, last)
     sb, _ = Checkpointer(str(multi / "checkpoints")).restore(target, last)

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from rlvlm_jax import devices, plan
+from rlvlm_jax.planning import accounting
+from rlvlm_jax.planning import report as report_lib
 from rlvlm_jax.rl import optimizer as optim
 from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.sharding import ShardingError, make_mesh, shard_params
@@ -65,7 +67,7 @@ def cli():
 @pytest.fixture(scope="module")
 def one():
     """The planner's abstract build on one device (nothing compiled)."""
-    return plan.build(tiny_config(), (1, 1, 1), config_path=TINY)
+    return plan.abstract_job(tiny_config(), (1, 1, 1), config_path=TINY)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +75,7 @@ def real():
     """The tiny policy actually initialised, as training does it."""
     c = tiny_config()
     src = plan.model_source(c)
-    _, params = policy_lib.init_policy(src.cfg, c.model.value_hidden, c.model.init_seed,
-                                       c.model.init, c.model.pixels, dtype=c.model.dtype,
-                               param_dtype=c.model.param_dtype, remat=c.model.remat)
+    _, params = policy_lib.init_policy(src.cfg, c.model)
     return c, src, params
 
 
@@ -106,7 +106,7 @@ def test_param_count(cli, one, real):
     _, report = cli
     c, src, params = real
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    assert report["model"]["params"] == n == plan.count(one.params)
+    assert report["model"]["params"] == n == accounting.count(one.params)
     assert n == closed_form_params(c, src.cfg.text.vocab_size)
     vision = sum(x.size for x in jax.tree.leaves(params["vlm"]["vision"]))
     assert report["model"]["trainable_params"] == n - vision  # ppo.freeze_vision
@@ -133,8 +133,8 @@ def test_params_and_optimizer_bytes_per_device(cli, one, real):
     assert report["per_device_bytes"]["optimizer_state"] == shard_bytes(opt, dev)
     assert report["per_device_bytes"]["reference_params"] == 0  # kl_coef 0
     dev, placed, opt = _placed(real, (1, 1, 1))
-    assert plan.device_bytes(one.params) == shard_bytes(placed, dev)
-    assert plan.device_bytes(one.opt_state) == shard_bytes(opt, dev)
+    assert accounting.device_bytes(one.params) == shard_bytes(placed, dev)
+    assert accounting.device_bytes(one.opt_state) == shard_bytes(opt, dev)
 
 
 def test_fsdp_halves_the_sharded_leaves(cli, real):
@@ -168,7 +168,7 @@ def test_kv_cache_closed_form(cli, real):
             * (t.hidden_size // t.num_heads) * 4)
     assert report["kv_cache"]["total"] == want
     assert report["per_device_bytes"]["kv_cache"] == want // 2  # envs split over fsdp
-    assert plan.kv_cache_bytes(t, c.ppo.num_envs, enc.length + c.max_new_tokens, np.float32,
+    assert accounting.kv_cache_bytes(t, c.ppo.num_envs, enc.length + c.max_new_tokens, np.float32,
                                (1, 1, 1))["per_device"] == want
     b = report["per_device_bytes"]
     assert b["rollout_temporaries"] >= b["kv_cache"]  # the cache lives in the rollout
@@ -198,7 +198,7 @@ def test_report_prints(cli):
     assert "PEAK" in stdout and "FITS" in stdout and "KV cache" in stdout
     assert report["devices"] == 2 and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
     assert report["device"] == "v5e-2" and report["hbm_per_device"] == 16 * 1024**3
-    assert "does not fit" not in plan.format_report(report).lower()
+    assert "does not fit" not in report_lib.format_report(report).lower()
 
 
 def test_device_names():
@@ -269,7 +269,7 @@ def test_depth_extrapolation_is_linear():
                 "trajectory_bytes": 64, "flops": fl,
                 "compile_seconds": {"rollout": 1.0, "update": 2.0}}
 
-    out = plan.extrapolate([run(2), run(4)], [2, 4], 32)
+    out = accounting.extrapolate([run(2), run(4)], [2, 4], 32)
     assert out["rollout"]["temporaries"] == 1000 + 300 * 32
     assert out["rollout"]["arguments"] == 100 + 10 * 32
     assert out["update"]["temporaries"] == 50 * 32

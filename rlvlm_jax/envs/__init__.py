@@ -1,36 +1,38 @@
 """The four gym_cards tasks as jittable gymnax environments that draw their own pictures.
 
 Create them by name through gymnax (`gymnax.make("NumberLine-v0")`, once this package is imported)
-or through `rlvlm_jax.envs.make("NumberLine")`.
+or through `rlvlm_jax.envs.make("NumberLine")`. The facts about each task (ids, action strings,
+target, ...) are in one table, `rlvlm_jax.envs.tasks`.
 """
 
 from __future__ import annotations
 
 import gymnax
 
+from rlvlm_jax.envs import tasks
 from rlvlm_jax.envs.base import CardEnv
 from rlvlm_jax.envs.blackjack import Blackjack
 from rlvlm_jax.envs.ezpoints import EZPoints
 from rlvlm_jax.envs.numberline import NumberLine
 from rlvlm_jax.envs.points24 import Points24
 
-TASKS: dict[str, type[CardEnv]] = {
-    "NumberLine": NumberLine,
-    "EZPoints": EZPoints,
-    "Points24": Points24,
-    "Blackjack": Blackjack,
-}
-GYMNAX_IDS = {name: f"{name}-v0" for name in TASKS}
+# The class registry: task name -> env class, in the table's order. It holds no facts about a
+# task: those are the class's row of the table (`TASKS[name].task_spec`, `tasks.get_task(name)`).
+_CLASSES = {cls.task: cls for cls in (NumberLine, EZPoints, Points24, Blackjack)}
+TASKS: dict[str, type[CardEnv]] = {name: _CLASSES[name] for name in tasks.TASK_NAMES}
+GYMNAX_IDS = {name: tasks.TASKS[name].gymnax_id for name in TASKS}
 
 
 def make(task: str, **kwargs):
-    """(env, default params) for a task name ("NumberLine", ...) or its gymnax id ("...-v0")."""
-    name = task[: -len("-v0")] if task.endswith("-v0") else task
-    if name not in TASKS:
+    """(env, default params) for a task name ("NumberLine", ...), its gymnax id ("...-v0") or its
+    original gym id ("gym_cards/...-v0")."""
+    try:
+        name = tasks.get_task(task).name
+    except KeyError:
         raise ValueError(
             f"unknown task {task!r}; choose one of {', '.join(TASKS)} (or their gymnax ids "
             f"{', '.join(GYMNAX_IDS.values())})"
-        )
+        ) from None
     env = TASKS[name](**kwargs)
     return env, env.default_params
 
@@ -43,6 +45,7 @@ __all__ = [
     "TASKS",
     "GYMNAX_IDS",
     "make",
+    "tasks",
     "CardEnv",
     "NumberLine",
     "EZPoints",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from rlvlm_jax.envs.render import Picture, min_image_size
+from rlvlm_jax.envs.tasks import Task, get_task
 
 
 @struct.dataclass
@@ -44,17 +45,31 @@ _PICTURES: dict[tuple[type, int], Picture] = {}
 class CardEnv(environment.Environment):
     """Base class: subclasses define the rules (`_reset_logic`, `_step_logic`) and the picture.
 
+    A task's class names its row of the task table, `class NumberLine(CardEnv, task="NumberLine")`,
+    which sets `task_spec` and, from it, `task` (the name) and `action_strings`.
+
     Args:
-      image_size: side of the square RGB uint8 picture (default 300, the original's size).
+      image_size: side of the square RGB uint8 picture (default: the table's, 300, the original's
+        size).
       final_observation: also return the pre-reset picture of a finished episode in
         `info["final_observation"]` (costs a second picture update on every step; off by default).
     """
 
+    task_spec: ClassVar[Task | None] = None  # this task's row of `rlvlm_jax.envs.tasks.TASKS`
     task: str = ""
     action_strings: tuple[str, ...] = ()
     smallest_font: float = 0.0  # smallest design-size font of the layout (for the legibility check)
 
-    def __init__(self, image_size: int = 300, final_observation: bool = False):
+    def __init_subclass__(cls, task: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if task is not None:
+            cls.task_spec = get_task(task)
+            cls.task = cls.task_spec.name
+            cls.action_strings = cls.task_spec.action_strings
+
+    def __init__(self, image_size: int | None = None, final_observation: bool = False):
+        if image_size is None and self.task_spec is not None:
+            image_size = self.task_spec.image_size
         if not isinstance(image_size, int | np.integer) or isinstance(image_size, bool):
             raise TypeError(f"image_size must be an int, got {image_size!r}")
         key = (type(self), int(image_size))

@@ -63,12 +63,10 @@ def draw_cards(key, shape):
     return shown, jnp.minimum(rank, 10)
 
 
-class Blackjack(CardEnv):
+class Blackjack(CardEnv, task="Blackjack"):
     """Hit: draw; bust -> -1, terminated. Stand: the dealer draws below 17 and the higher
     non-bust total wins (+1 / 0 / -1), terminated."""
 
-    task = "Blackjack"
-    action_strings = ("stand", "hit")
     smallest_font = 72 * 0.27
 
     @property

@@ -26,7 +26,8 @@ import json
 from collections.abc import Sequence
 
 from rlvlm_jax.envs import solvers
-from rlvlm_jax.envs.prompts import TaskText, formula_text, get_task
+from rlvlm_jax.envs.prompts import formula_text
+from rlvlm_jax.envs.tasks import Task, get_task
 
 _FACES = {1: "A", 11: "J", 12: "Q", 13: "K"}
 
@@ -48,7 +49,7 @@ def _render(pairs: list[tuple[str, object]]) -> str:
     return "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "\n}"
 
 
-def _action_string(spec: TaskText, action: int | str) -> str:
+def _action_string(spec: Task, action: int | str) -> str:
     if isinstance(action, str):
         if action not in spec.action_strings:
             raise ValueError(f"{action!r} is not a {spec.name} action {spec.action_strings}")
@@ -58,7 +59,7 @@ def _action_string(spec: TaskText, action: int | str) -> str:
     return spec.action_strings[int(action)]
 
 
-def answer_only(task: str | TaskText, action: int | str) -> str:
+def answer_only(task: str | Task, action: int | str) -> str:
     """The no-CoT answer: only the "action" key."""
     spec = get_task(task)
     return _render([("action", _action_string(spec, action))])
@@ -269,7 +270,7 @@ def _dispatch(task, state: dict, action):
     return spec, _points(spec, state["cards"], state.get("formula"), action)
 
 
-def cot_demonstration(task: str | TaskText, *, action: int | str | None = None, **state) -> str:
+def cot_demonstration(task: str | Task, *, action: int | str | None = None, **state) -> str:
     """The chain-of-thought answer for a state; `action` overrides the oracle's choice.
 
     State fields: NumberLine(position, goal); EZPoints/Points24(cards: ranks 1..13, formula: the
@@ -280,7 +281,7 @@ def cot_demonstration(task: str | TaskText, *, action: int | str | None = None, 
     return text
 
 
-def oracle_action(task: str | TaskText, **state) -> int:
+def oracle_action(task: str | Task, **state) -> int:
     """The action id the demonstrations pick for a state."""
     spec, (oracle, _) = _dispatch(task, state, None)
     return spec.action_strings.index(oracle)

@@ -5,18 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rlvlm_jax.envs import formula as F
 from rlvlm_jax.envs.formula_env import FormulaEnv, FormulaLayout
 
 
-class EZPoints(FormulaEnv):
+class EZPoints(FormulaEnv, task="EZPoints"):
     """Actions 0..9 are the numbers 1..10, 10 = "+", 11 = "*", 12 = "="."""
 
-    task = "EZPoints"
-    action_strings = tuple(str(v) for v in range(1, 11)) + ("+", "*", "=")
-    action_codes = tuple(range(1, 11)) + (F.PLUS, F.TIMES)
     num_cards = 2
-    target = 12
     max_tokens = 5
     smallest_font = 26.0
     layout = FormulaLayout(

@@ -48,6 +48,21 @@ RPAREN = 16
 BLANK = 17
 NUM_CODES = 18
 
+# The text of every token code but PAD: the action string of each number and operator, and " "
+# for BLANK (as the original showed it in the prompt's formula). The one code -> text table of the
+# project: formula tokens in text fields and prompts, the prompt encoder's per-code token ids, and
+# the pictures (which draw nothing for a blank) all read it.
+CODE_TEXT: dict[int, str] = {n: str(n) for n in range(MIN_NUMBER, MAX_NUMBER + 1)} | {
+    PLUS: "+",
+    MINUS: "-",
+    TIMES: "*",
+    DIVIDE: "/",
+    LPAREN: "(",
+    RPAREN: ")",
+    BLANK: " ",
+}
+TEXT_CODE: dict[str, int] = {text: code for code, text in CODE_TEXT.items()}
+
 # Stein's GCD on odd parts a, b < 2**m ends within 2*m steps: a*b at least halves per step.
 # In the scan, 34 steps finish every gcd whose inputs are below 2**17, which covers the
 # environments' bound above; an unfinished one falls back to the common power of two, which

@@ -28,17 +28,6 @@ from rlvlm_jax.envs.render import (
     paste,
 )
 
-TOKEN_TEXT = {
-    F.PAD: "",
-    F.BLANK: "",
-    F.PLUS: "+",
-    F.MINUS: "-",
-    F.TIMES: "*",
-    F.DIVIDE: "/",
-    F.LPAREN: "(",
-    F.RPAREN: ")",
-    **{v: str(v) for v in range(1, 11)},
-}
 SUCCESS_REWARD = 10.0
 
 
@@ -76,11 +65,17 @@ class FormulaEnv(CardEnv):
     episode with +10 if the formula equals `target` exactly and uses every card, else -1."""
 
     num_cards: int = 0
-    target: int = 0
     max_tokens: int = 0
-    # Token code of each action; "=" (the last action) has none.
-    action_codes: tuple[int, ...] = ()
     layout: FormulaLayout
+    target: int = 0  # from the task table
+    action_codes: tuple[int, ...] = ()  # from the table's action strings through `F.TEXT_CODE`
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.task_spec is not None:
+            # The formula's goal, and the token code of each action but "=" (the last, no code).
+            cls.target = cls.task_spec.target
+            cls.action_codes = tuple(F.TEXT_CODE[s] for s in cls.action_strings[:-1])
 
     def _build_picture(self, size: int) -> Picture:
         lay, spec = Layout(size, self.task, self.smallest_font), self.layout
@@ -97,7 +92,7 @@ class FormulaEnv(CardEnv):
             fnt = lay.font(spec.slot_font)
             (sx, sy), (sw, sh) = spec.slot_origin, spec.slot_size
             for i in range(self.max_tokens + 1):
-                text = TOKEN_TEXT[v[f"slot{i}"]]
+                text = F.CODE_TEXT.get(v[f"slot{i}"], "").strip()  # PAD, BLANK: nothing
                 if text:  # fixed slots (row-major), centred: fixed positions keep updates cheap
                     r, c = divmod(i, spec.slot_cols)
                     xy = (lay.px(sx + sw * c + sw / 2), lay.px(sy + sh * r))
@@ -169,9 +164,8 @@ class FormulaEnv(CardEnv):
 
     def formula_tokens(self, state) -> list[str]:
         """The formula as the env's token strings; a blank shows as " " (as in the original)."""
-        text = dict(zip(self.action_codes, self.action_strings, strict=False))
         codes = np.asarray(state.formula)[: int(state.length)]
-        return [text.get(int(c), " ") for c in codes]
+        return [F.CODE_TEXT[int(c)] for c in codes]
 
     def text_fields(self, state):
         return {

@@ -25,12 +25,10 @@ class NumberLineParams(environment.EnvParams):
     max_steps_in_episode: int = 10  # truncated when not done after this many steps
 
 
-class NumberLine(CardEnv):
+class NumberLine(CardEnv, task="NumberLine"):
     """Actions: 0 = "-", 1 = "+". Rewards: +1 on reaching the goal (terminated), -1 when the
     distance did not shrink (including a move into a wall), else 0."""
 
-    task = "NumberLine"
-    action_strings = ("-", "+")
     smallest_font = 36.0
 
     @property

@@ -41,7 +41,7 @@ from typing import Literal
 
 import numpy as np
 
-from rlvlm_jax.envs.prompts import TaskText, get_task
+from rlvlm_jax.envs.tasks import Task, get_task
 
 ACTION_KEY = '"action":'
 KeyChoice = Literal["last", "first"]
@@ -67,7 +67,7 @@ def _key_index(lowered: str, key: KeyChoice) -> int:
     raise ValueError(f"key must be 'last' or 'first', got {key!r}")
 
 
-def found_actions(task: str | TaskText, text: str, *, key: KeyChoice = "last") -> list[str]:
+def found_actions(task: str | Task, text: str, *, key: KeyChoice = "last") -> list[str]:
     """The distinct action strings found in the kept tail, in action-id order."""
     spec = get_task(task)
     if not isinstance(text, str):
@@ -85,7 +85,7 @@ def found_actions(task: str | TaskText, text: str, *, key: KeyChoice = "last") -
 
 
 def parse_action(
-    task: str | TaskText, text: str, *, key: KeyChoice = "last"
+    task: str | Task, text: str, *, key: KeyChoice = "last"
 ) -> tuple[int | None, int]:
     """(action id, number of distinct action strings found); the id is None unless exactly one.
 
@@ -99,7 +99,7 @@ def parse_action(
 
 
 def parse_or_random(
-    task: str | TaskText, text: str, rng: np.random.Generator, *, key: KeyChoice = "last"
+    task: str | Task, text: str, rng: np.random.Generator, *, key: KeyChoice = "last"
 ) -> tuple[int, bool]:
     """(action id, valid): the original's behaviour, random over all actions when unparsable."""
     spec = get_task(task)

@@ -8,22 +8,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvlm_jax.envs import formula as F
 from rlvlm_jax.envs.formula_env import FormulaEnv, FormulaLayout
 
 
-class Points24(FormulaEnv):
+class Points24(FormulaEnv, task="Points24"):
     """Actions 0..9 are the numbers 1..10, then "+", "-", "*", "/", "(", ")", "=".
 
     Deliberate difference from the original: "=" is judged with exact rational arithmetic, so
     formulas such as 8/(3-8/3) count as 24 (the original's float division rejected them).
     """
 
-    task = "Points24"
-    action_strings = tuple(str(v) for v in range(1, 11)) + ("+", "-", "*", "/", "(", ")", "=")
-    action_codes = tuple(range(1, 11)) + (F.PLUS, F.MINUS, F.TIMES, F.DIVIDE, F.LPAREN, F.RPAREN)
     num_cards = 4
-    target = 24
     max_tokens = 20
     smallest_font = 22.0
     layout = FormulaLayout(

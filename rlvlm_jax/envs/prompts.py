@@ -11,23 +11,22 @@ reproduced too.
 One deliberate difference: the original rebuilt the EZPoints/Points24 prompt from the `info` of the
 step just taken, so after an episode ended the next prompt still showed the finished episode's
 formula. Here the caller passes the formula of the state the model is about to act in.
+
+The task facts the prompts show (the action lists, the targets) and whether a prompt carries the
+formula come from the task table, `rlvlm_jax.envs.tasks`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
+
+from rlvlm_jax.envs.tasks import Task, get_task
 
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
-IMAGE_TOKEN = "<image>"
-
-NUMBERLINE_ACTIONS = ("-", "+")
-EZPOINTS_ACTIONS = tuple(str(i) for i in range(1, 11)) + ("+", "*", "=")
-POINTS24_ACTIONS = tuple(str(i) for i in range(1, 11)) + ("+", "-", "*", "/", "(", ")", "=")
-BLACKJACK_ACTIONS = ("stand", "hit")
+IMAGE_TOKEN = "<image>"  # the original prompt's image placeholder (the tokenizers' too)
 
 # ----------------------------------------------------------------------------- prompt pieces (data)
 _JSON_INTRO = "Your response should be a valid json file in the following format: "
@@ -88,11 +87,12 @@ def _blackjack_prompt(formula: str, cot: bool) -> str:
 
 
 def _ezpoints_prompt(formula: str, cot: bool) -> str:
+    spec = get_task("EZPoints")
     head = (
         "You are an expert card game player. You are observing two cards in the image. "
         f"You are observing the current formula: {formula}. "
-        + _choices(EZPOINTS_ACTIONS)
-        + _POINTS_RULES.replace("{target}", "12")
+        + _choices(spec.action_strings)
+        + _POINTS_RULES.replace("{target}", str(spec.target))
     )
     body = ""
     if cot:
@@ -108,12 +108,13 @@ def _ezpoints_prompt(formula: str, cot: bool) -> str:
 
 
 def _points24_prompt(formula: str, cot: bool) -> str:
+    spec = get_task("Points24")
     head = (
         "You are an expert 24 points card game player. You are observing thee four cards in the "
         "image. "
         f"You are observing the current formula: {formula}. "
-        + _choices(POINTS24_ACTIONS)
-        + _POINTS_RULES.replace("{target}", "24")
+        + _choices(spec.action_strings)
+        + _POINTS_RULES.replace("{target}", str(spec.target))
     )
     body = ""
     if cot:
@@ -128,71 +129,16 @@ def _points24_prompt(formula: str, cot: bool) -> str:
     return head + body + _POINTS_TAIL
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskText:
-    """Everything text-side about one task.
-
-    `has_formula`: the prompt carries the current formula (EZPoints, Points24), so it changes every
-    step and must be rebuilt from the current state. `has_ten`: the parser's special "10" rule
-    applies (the original keyed it on 'points' in the env name).
-    """
-
-    name: str
-    env_id: str
-    action_strings: tuple[str, ...]
-    has_formula: bool
-    has_ten: bool
-    target: int | None
-
-    @property
-    def num_actions(self) -> int:
-        return len(self.action_strings)
-
-    def prompt(self, formula_tokens: Sequence[str | int] | None = None, cot: bool = True) -> str:
-        return task_prompt(self.name, formula_tokens, cot)
-
-    @property
-    def cot_prompt(self) -> str:
-        """The chain-of-thought prompt with an empty formula (the start-of-episode prompt)."""
-        return task_prompt(self.name, None, True)
-
-    @property
-    def action_only_prompt(self) -> str:
-        return task_prompt(self.name, None, False)
-
-
-TASKS: dict[str, TaskText] = {
-    "NumberLine": TaskText(
-        "NumberLine", "gym_cards/NumberLine-v0", NUMBERLINE_ACTIONS, False, False, None
-    ),
-    "EZPoints": TaskText("EZPoints", "gym_cards/EZPoints-v0", EZPOINTS_ACTIONS, True, True, 12),
-    "Points24": TaskText("Points24", "gym_cards/Points24-v0", POINTS24_ACTIONS, True, True, 24),
-    "Blackjack": TaskText(
-        "Blackjack", "gym_cards/Blackjack-v0", BLACKJACK_ACTIONS, False, False, None
-    ),
-}
 _BUILDERS = {
     "NumberLine": _numberline_prompt,
     "EZPoints": _ezpoints_prompt,
     "Points24": _points24_prompt,
     "Blackjack": _blackjack_prompt,
 }
-_BY_ENV_ID = {t.env_id: t for t in TASKS.values()}
-
-
-def get_task(task: str | TaskText) -> TaskText:
-    """Accepts our short name ("Points24") or the original env id ("gym_cards/Points24-v0")."""
-    if isinstance(task, TaskText):
-        return task
-    if task in TASKS:
-        return TASKS[task]
-    if task in _BY_ENV_ID:
-        return _BY_ENV_ID[task]
-    raise KeyError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
 
 
 def task_prompt(
-    task: str | TaskText, formula_tokens: Sequence[str | int] | None = None, cot: bool = True
+    task: str | Task, formula_tokens: Sequence[str | int] | None = None, cot: bool = True
 ) -> str:
     """The original task prompt; for EZPoints/Points24 it embeds `formula_tokens` (twice with CoT).
 
@@ -200,7 +146,7 @@ def task_prompt(
     by NumberLine and Blackjack, whose prompts are constant.
     """
     spec = get_task(task)
-    return _BUILDERS[spec.name](formula_text(formula_tokens), cot)
+    return _BUILDERS[spec.name](formula_text(formula_tokens) if spec.has_formula else "", cot)
 
 
 def llava_conversation(task_prompt_text: str) -> str:
@@ -209,7 +155,7 @@ def llava_conversation(task_prompt_text: str) -> str:
 
 
 def full_prompt(
-    task: str | TaskText, formula_tokens: Sequence[str | int] | None = None, cot: bool = True
+    task: str | Task, formula_tokens: Sequence[str | int] | None = None, cot: bool = True
 ) -> str:
     """The complete model input text of one step (before the image token is expanded)."""
     return llava_conversation(task_prompt(task, formula_tokens, cot))

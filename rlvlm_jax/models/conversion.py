@@ -344,6 +344,11 @@ def _canonical(key: str) -> str | None:
     return None
 
 
+def load_hf_config(path: str) -> LlavaConfig:
+    """The LlavaConfig of a transformers LLaVA directory, without reading its weights."""
+    return config_from_hf(_read_json(os.path.join(path, "config.json")))
+
+
 def load_hf_checkpoint(path: str, dtype="float32", *, strict: bool = True
                        ) -> tuple[LlavaConfig, dict]:
     """Read a transformers LLaVA directory into (config, params as nested dict of numpy arrays).

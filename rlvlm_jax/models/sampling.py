@@ -159,17 +159,13 @@ def _record(state: DecodeState, token, logp, pad_id) -> DecodeState:
 
 
 def prefill(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, *,
-            cfg: SamplingConfig) -> tuple[DecodeState, dict]:
-    """Run the left-padded prompt, fill the cache, sample the first new token."""
-    state, cache, _ = prefill_with_hidden(model, input_ids, attention_mask, images, cache, rng,
-                                          knobs, cfg=cfg)
-    return state, cache
+            cfg: SamplingConfig, with_hidden: bool = False):
+    """Run the left-padded prompt, fill the cache, sample the first new token.
 
-
-def prefill_with_hidden(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, *,
-                        cfg: SamplingConfig) -> tuple[DecodeState, dict, jax.Array]:
-    """`prefill`, also returning the last prompt slot's final hidden state (B, D), which the
-    value head reads (rollouts) without a second forward pass."""
+    Returns (state, cache), or with `with_hidden` (state, cache, hidden): the last prompt
+    slot's final hidden state (B, D), which the value head reads (rollouts) without a second
+    forward pass.
+    """
     b, p = input_ids.shape
     t = cfg.max_new_tokens
     hidden, cache = model.prefill(input_ids, images, attention_mask, cache)
@@ -184,7 +180,8 @@ def prefill_with_hidden(model, input_ids, attention_mask, images, cache, rng, kn
         prompt_len=jnp.sum(mask, axis=1, dtype=jnp.int32),
         rng=rng, knobs=knobs)
     token, logp = sample_token(logits, uniforms(jax.random.fold_in(rng, 0), (b,)), knobs)
-    return _record(state, token, logp, cfg.pad_id), cache, hidden
+    state = _record(state, token, logp, cfg.pad_id)
+    return (state, cache, hidden) if with_hidden else (state, cache)
 
 
 def decode(model, state: DecodeState, cache, *, cfg: SamplingConfig
@@ -214,12 +211,28 @@ def decode(model, state: DecodeState, cache, *, cfg: SamplingConfig
     return jax.lax.while_loop(cond, body, (state, cache))
 
 
-def generate(model, input_ids, attention_mask, images, cache, rng, knobs: Knobs, *,
-             cfg: SamplingConfig) -> tuple[SampleOutput, dict]:
-    """Traceable prefill + decode, for use inside larger compiled functions (rollouts)."""
-    state, cache = prefill(model, input_ids, attention_mask, images, cache, rng, knobs, cfg=cfg)
+def new_cache(model, batch: int, prompt_len: int, cfg: SamplingConfig) -> dict:
+    """An empty KV cache for `batch` prompts of `prompt_len` tokens plus cfg.max_new_tokens, in
+    cfg.cache_dtype (None: the model's compute dtype)."""
+    return init_cache(model.cfg.text, batch, prompt_len + cfg.max_new_tokens,
+                      cfg.cache_dtype or model.dtype)
+
+
+def generate(model, input_ids, attention_mask, images, rng, knobs: Knobs, *,
+             cfg: SamplingConfig, cache=None, with_hidden: bool = False):
+    """Traceable prefill + decode, for use inside larger compiled functions (rollouts, SFT
+    evaluation). A new cache is made when none is given.
+
+    Returns (SampleOutput, cache), or with `with_hidden` (SampleOutput, cache, hidden): the last
+    prompt slot's final hidden state (B, D) for the value head.
+    """
+    if cache is None:
+        cache = new_cache(model, *input_ids.shape, cfg)
+    state, cache, hidden = prefill(model, input_ids, attention_mask, images, cache, rng, knobs,
+                                   cfg=cfg, with_hidden=True)
     state, cache = decode(model, state, cache, cfg=cfg)
-    return SampleOutput(state.tokens, state.lengths, state.logprobs, state.step), cache
+    out = SampleOutput(state.tokens, state.lengths, state.logprobs, state.step)
+    return (out, cache, hidden) if with_hidden else (out, cache)
 
 
 def jit_shardings(shardings) -> dict:
@@ -278,9 +291,7 @@ class Sampler:
 
     def init_cache(self, params, batch: int, prompt_len: int) -> dict:
         """A cache for prompts of `prompt_len` tokens plus max_new_tokens (model's dtype)."""
-        dtype = self.sampling.cache_dtype or nnx.merge(self.graphdef, params).dtype
-        cache = init_cache(self.cfg.text, batch, prompt_len + self.sampling.max_new_tokens,
-                           dtype)
+        cache = new_cache(nnx.merge(self.graphdef, params), batch, prompt_len, self.sampling)
         if self.shardings is not None:
             cache = jax.device_put(cache, self.shardings.cache_sharding(cache))
         return cache

@@ -106,13 +106,12 @@ def scale_of(rank: int, alpha: float) -> float:
 
 
 def add_lora(params, ppo, key):
-    """params with fresh adapters when `ppo.lora_rank` > 0 (else unchanged)."""
-    rank = int(ppo.get("lora_rank", 0))
-    if rank <= 0:
+    """params with fresh adapters when `ppo.lora_rank` > 0 (else unchanged); `ppo` is the
+    config section holding lora_rank and lora_targets."""
+    if ppo.lora_rank <= 0:
         return params
-    lora = init_lora(params["vlm"], rank, key, ppo.get("lora_targets",
-                                                                 DEFAULT_TARGETS))
-    return {**params, "lora": lora}
+    return {**params, "lora": init_lora(params["vlm"], int(ppo.lora_rank), key,
+                                        ppo.lora_targets)}
 
 
 def base_params(params):

@@ -3,7 +3,7 @@
 Conventions:
 - Sample-level arrays are [N] (one environment step each): log-probs, advantages, values.
   `mask` [N] marks real samples (padding in a minibatch is False).
-- Token-level arrays are [N, L]: per-token log-probs and masks; logits are [N, L, V].
+- Token-level arrays are [N, L]: per-token log-probs, entropies and masks.
 - Every loss is something to *minimise*; the policy term is -E[min(r A, clip(r) A)].
 - Masked entries never reach a result, even if they hold NaN or -inf (selected out with `where`).
 
@@ -12,7 +12,6 @@ Losses and estimators live in small name-keyed registries so that configs pick t
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 
@@ -44,23 +43,24 @@ def masked_mean(x, mask=None):
 # The action log-probability (RL4VLM's lambda scaling)
 
 
-def action_log_prob(token_logprobs, cot_mask, action_mask, lam):
-    """lam * sum(CoT token log-probs) + sum(action token log-probs), over the last axis.
+def action_log_prob(token_logprobs, cot_mask, action_mask, lam, action_only: bool = False):
+    """lam * sum(CoT token log-probs) + sum(action token log-probs), over the last axis; with
+    `action_only` (the no-CoT ablation) the action tokens' log-probs alone.
 
     The thought tokens are down-weighted because a long chain of thought would otherwise dominate
-    the sequence log-prob (and so the PPO ratio). Masks must be disjoint and exclude padding.
-    token_logprobs: [..., L]; masks: [..., L] bool or 0/1; lam may be traced. Returns [...].
+    the sequence log-prob (and so the PPO ratio). Masks must be disjoint and exclude padding (see
+    `text.parse_device.token_masks`). token_logprobs: [..., L]; masks: [..., L] bool or 0/1; lam
+    may be traced. Returns [...]. Rollouts (old log-prob) and the PPO loss (new) both call this.
     """
     lp = _f32(token_logprobs)
-    cot = jnp.sum(jnp.where(jnp.asarray(cot_mask).astype(bool), lp, 0.0), axis=-1)
-    act = jnp.sum(jnp.where(jnp.asarray(action_mask).astype(bool), lp, 0.0), axis=-1)
-    return lam * cot + act
 
+    def tokens_sum(m):
+        return jnp.sum(jnp.where(jnp.asarray(m).astype(bool), lp, 0.0), axis=-1)
 
-def action_only_log_prob(token_logprobs, action_mask):
-    """The no-CoT ablation: the log-prob of the action tokens alone."""
-    lp = _f32(token_logprobs)
-    return jnp.sum(jnp.where(jnp.asarray(action_mask).astype(bool), lp, 0.0), axis=-1)
+    if action_only:
+        return tokens_sum(action_mask)
+    cot = tokens_sum(cot_mask)
+    return lam * cot + tokens_sum(action_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,22 +171,6 @@ def _lookup(registry, name, what):
 # Token-level terms
 
 
-def token_entropy(logits):
-    """Per-token entropy [..., L] of softmax(logits [..., L, V]), in float32.
-
-    Divide logits by the sampling temperature first if the entropy of the sampler is wanted.
-    """
-    logp = jax.nn.log_softmax(_f32(logits), axis=-1)
-    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
-def entropy_from_logits(logits, token_mask, reduction="token_mean"):
-    """Entropy reduced over valid tokens (default: mean over all valid tokens)."""
-    mask = jnp.asarray(token_mask).astype(bool)
-    logits = jnp.where(mask[..., None], _f32(logits), 0.0)  # finite gradients through padding
-    return _lookup(TOKEN_REDUCTIONS, reduction, "reduction")(token_entropy(logits), mask)
-
-
 def kl_to_reference(token_logp, ref_token_logp, token_mask, estimator="k3", reduction="token_mean"):
     """Per-token KL(policy || frozen reference) estimate, reduced over valid tokens."""
     mask = jnp.asarray(token_mask).astype(bool)
@@ -235,7 +219,7 @@ def ppo_loss(
     vf_coef=0.5,
     ent_coef=0.0,
     kl_coef=0.0,
-    logits=None,
+    entropy=None,
     token_logp=None,
     ref_token_logp=None,
     token_mask=None,
@@ -246,11 +230,14 @@ def ppo_loss(
 ):
     """policy + vf_coef * value + kl_coef * KL(ref) - ent_coef * entropy, and metrics.
 
-    new_logp, old_logp, advantages, values, old_values, returns, mask: [N]. `advantages` are
-    already normalised over the whole buffer (see `normalize_advantages`). Optional terms:
+    The PPO loss is assembled here and nowhere else, added in exactly that order. new_logp,
+    old_logp, advantages, values, old_values, returns, mask: [N]. `advantages` are already
+    normalised over the whole buffer (see `normalize_advantages`). Optional terms:
     - value loss when `values` is given (a critic-free setup leaves it out);
-    - entropy when `logits` [N, L, V] and `token_mask` [N, L] are given;
-    - KL to the reference when `token_logp`, `ref_token_logp` and `token_mask` [N, L] are given.
+    - KL to the reference when `token_logp`, `ref_token_logp` and `token_mask` [N, L] are given;
+    - entropy (bonus and metric "entropy") when the per-token entropies `entropy` [N, L] (e.g.
+      `scoring.token_logprobs(..., entropy=True).entropy`) and `token_mask` are given.
+    Token terms are reduced over valid tokens by `token_reduction` (see TOKEN_REDUCTIONS).
     Coefficients may be traced; a non-zero Python coefficient without its inputs is an error.
     Padding samples (mask False) are dropped from token terms too. Returns (loss, metrics).
     """
@@ -295,17 +282,18 @@ def ppo_loss(
     tmask = None
     if token_mask is not None:
         tmask = jnp.asarray(token_mask).astype(bool) & mask[..., None]
-    _need(ent_coef, logits is not None and tmask is not None, "logits/token_mask")
-    if logits is not None and tmask is not None:
-        ent = entropy_from_logits(logits, tmask, token_reduction)
-        total = total - ent_coef * ent
-        metrics["entropy"] = ent
+    reduce = _lookup(TOKEN_REDUCTIONS, token_reduction, "reduction")
     have_ref = token_logp is not None and ref_token_logp is not None and tmask is not None
     _need(kl_coef, have_ref, "token_logp/ref_token_logp/token_mask")
     if have_ref:
         kl = kl_to_reference(token_logp, ref_token_logp, tmask, kl_estimator, token_reduction)
         total = total + kl_coef * kl
         metrics["kl_ref"] = kl
+    _need(ent_coef, entropy is not None and tmask is not None, "entropy/token_mask")
+    if entropy is not None and tmask is not None:
+        ent = reduce(entropy, tmask)
+        total = total - ent_coef * ent
+        metrics["entropy"] = ent
 
     metrics["loss"] = total
     return total, metrics

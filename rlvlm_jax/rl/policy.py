@@ -35,22 +35,23 @@ def check_tokenizer(cfg: LlavaConfig, tokenizer) -> None:
                          f"id {cfg.image_token_id}")
 
 
-def load_pretrained(config, tokenizer):
-    """(LlavaConfig, params) from `config.model.checkpoint`, a transformers LLaVA directory."""
+def load_pretrained(model, image_size: int, tokenizer):
+    """(LlavaConfig, params) from `model.checkpoint` (the config's model section), a transformers
+    LLaVA directory."""
     from rlvlm_jax.models.conversion import load_hf_checkpoint
 
-    cfg, params = load_hf_checkpoint(config.model.checkpoint, config.model.param_dtype)
-    if cfg.vision.image_size != config.image_size:
+    cfg, params = load_hf_checkpoint(model.checkpoint, model.param_dtype)
+    if cfg.vision.image_size != image_size:
         raise ValueError(f"the checkpoint's vision tower takes {cfg.vision.image_size} px; "
-                         f"config.image_size is {config.image_size} (frames are resized only "
+                         f"config.image_size is {image_size} (frames are resized only "
                          "by preprocessing: set image_size to the tower's size or render larger)")
     check_tokenizer(cfg, tokenizer)
     return cfg, params
 
 
-def llava_config(config, tokenizer) -> LlavaConfig:
-    """LlavaConfig from `config.model`, with the tokenizer's special ids; checks they match."""
-    m = config.model
+def llava_config(m, image_size: int, tokenizer) -> LlavaConfig:
+    """LlavaConfig from the config's model section `m`, with the tokenizer's special ids; checks
+    they match."""
     vocab = m.vocab_size or -(-len(tokenizer) // 64) * 64
     if len(tokenizer) > vocab:
         raise ValueError(
@@ -64,7 +65,7 @@ def llava_config(config, tokenizer) -> LlavaConfig:
             intermediate_size=m.vision_mlp,
             num_layers=m.vision_layers,
             num_heads=m.vision_heads,
-            image_size=config.image_size,
+            image_size=image_size,
             patch_size=m.patch_size,
         ),
         text=TextConfig(
@@ -126,15 +127,18 @@ class Policy:
         raise ValueError(f"unknown pixel mode {self.pixels!r}; use 'clip' or 'ink'")
 
 
-def init_policy(cfg: LlavaConfig, value_hidden=(1024, 512), seed: int = 0, init: str = "normal",
-                pixels: str = "clip", *, dtype="float32", param_dtype="float32",
-                pretrained: dict | None = None, remat: bool = False, lora_scale: float = 0.0):
+def init_policy(cfg: LlavaConfig, model, *, pretrained: dict | None = None,
+                lora_scale: float = 0.0):
     """(Policy, params) with every weight from one compiled random draw per module.
 
-    init: "normal" (the model package's N(0, 0.02)) or "fan_in" (see `fan_in_init`);
-    `pretrained` (params from `conversion.load_hf_checkpoint`) replaces the LLaVA weights, the
-    value head is always fresh. dtype is the compute dtype, param_dtype the stored one.
+    `model`: the config's model section (value_hidden, init_seed, init, pixels, dtype,
+    param_dtype, remat). init: "normal" (the model package's N(0, 0.02)) or "fan_in" (see
+    `fan_in_init`); `pretrained` (params from `conversion.load_hf_checkpoint`) replaces the LLaVA
+    weights, the value head is always fresh. dtype is the compute dtype, param_dtype the stored
+    one.
     """
+    value_hidden, seed, init, pixels = model.value_hidden, model.init_seed, model.init, model.pixels
+    dtype, param_dtype, remat = model.dtype, model.param_dtype, model.remat
     if init not in ("normal", "fan_in"):
         raise ValueError(f"model init must be 'normal' or 'fan_in', got {init!r}")
     kw = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), remat=remat)

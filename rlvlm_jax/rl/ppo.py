@@ -16,13 +16,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlvlm_jax.models.llava import positions_from_mask
+from rlvlm_jax.models.scoring import token_logprobs
 from rlvlm_jax.rl import losses
 from rlvlm_jax.rl.gae import gae
 from rlvlm_jax.rl.lora import base_params
 from rlvlm_jax.rl.minibatch import accumulate_gradients, gather, shuffle_indices
 from rlvlm_jax.rl.optimizer import stop_frozen, trainable_part, tree_finite
 from rlvlm_jax.rl.rollout import Trajectory
+from rlvlm_jax.text.parse_device import token_masks
 
 
 class Samples(NamedTuple):
@@ -40,26 +41,6 @@ class Samples(NamedTuple):
     advantage: jax.Array  # [N] normalised
     ret: jax.Array  # [N] value targets
     ref_token_logp: jax.Array  # [N, R] (zeros without a reference)
-
-
-def score(model, ids, mask, pixels, tokens, token_mask, temperature):
-    """Teacher-forced float32 (token log-probs, token entropies, last-prompt hidden state).
-
-    `scoring.token_logprobs` plus the entropy of softmax(logits / temperature) from the same
-    logits (the entropy needs the full distribution, which `scoring` does not return).
-    """
-    p = ids.shape[1]
-    full = jnp.concatenate([mask, token_mask.astype(mask.dtype)], axis=1)
-    embeds = jnp.concatenate(
-        [model.embed(ids, pixels), model.text.embed_tokens(tokens.astype(jnp.int32))], axis=1
-    )
-    hidden, _ = model.text.forward(embeds, positions_from_mask(full), full)
-    logits = model.text.logits(hidden[:, p - 1 : -1]).astype(jnp.float32) / temperature
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-    keep = token_mask.astype(bool)
-    return jnp.where(keep, picked, 0.0), jnp.where(keep, ent, 0.0), hidden[:, p - 1]
 
 
 def _chunked(fn, tree, size: int):
@@ -91,43 +72,34 @@ def make_ppo_update(policy, tx: optax.GradientTransformation, ppo,
     if temperature <= 0:
         raise ValueError("PPO needs a positive sampling temperature (log-probs are taken at it)")
 
-    def sample_logp(token_logp, s: Samples):
-        if action_only:
-            return losses.action_only_log_prob(token_logp, s.action_mask)
-        return losses.action_log_prob(token_logp, s.cot_mask, s.action_mask, lam)
-
     def loss_fn(params, s: Samples):
         p = stop_frozen(params, freeze)
-        model = policy.model(p)
-        token_logp, ent, hidden = score(
-            model, s.prompt_ids, s.prompt_mask, policy.preprocess(s.frames), s.tokens,
-            s.token_mask, temperature,
-        )
-        new_logp = sample_logp(token_logp, s)
-        value = policy.value(p, hidden)
-        total, m = losses.ppo_loss(
+        sc = token_logprobs(policy.model(p), s.prompt_ids, s.prompt_mask,
+                            policy.preprocess(s.frames), s.tokens, s.token_mask, temperature,
+                            entropy=True)
+        new_logp = losses.action_log_prob(sc.logprobs, s.cot_mask, s.action_mask, lam,
+                                          action_only)
+        return losses.ppo_loss(
             new_logp,
             s.old_logp,
             s.advantage,
-            values=value,
+            values=policy.value(p, sc.last_prompt_hidden),
             old_values=s.old_value,
             returns=s.ret,
             clip_eps=ppo.clip_eps,
             value_clip_eps=ppo.value_clip_eps,
             vf_coef=ppo.vf_coef,
+            ent_coef=ppo.ent_coef,
             kl_coef=ppo.kl_coef,
-            token_logp=token_logp if use_kl else None,
+            entropy=sc.entropy,
+            token_logp=sc.logprobs if use_kl else None,
             ref_token_logp=s.ref_token_logp if use_kl else None,
-            token_mask=s.token_mask if use_kl else None,
+            token_mask=s.token_mask,
             kl_estimator=ppo.kl_estimator,
             policy_loss=ppo.policy_loss,
             value_loss=ppo.value_loss,
+            token_reduction=ppo.token_reduction,
         )
-        entropy = losses.masked_mean(ent, s.token_mask)
-        total = total - ppo.ent_coef * entropy
-        m["entropy"] = entropy
-        m["loss"] = total
-        return total, m
 
     def update(params, opt_state, traj: Trajectory, last_value, key, ref_params):
         adv, ret = gae(
@@ -143,15 +115,15 @@ def make_ppo_update(policy, tx: optax.GradientTransformation, ppo,
         )
         flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
         n = flat.reward.shape[0]
-        token_mask = jnp.arange(flat.tokens.shape[1])[None] < flat.lengths[:, None]
+        masks = token_masks(flat.action_mask, flat.lengths)
         samples = Samples(
             frames=flat.frames,
             prompt_ids=flat.prompt_ids,
             prompt_mask=flat.prompt_mask,
             tokens=flat.tokens,
-            token_mask=token_mask,
-            cot_mask=flat.cot_mask,
-            action_mask=flat.action_mask,
+            token_mask=masks.token,
+            cot_mask=masks.cot,
+            action_mask=masks.action,
             old_logp=flat.logp,
             old_value=flat.value,
             advantage=losses.normalize_advantages(adv.reshape(-1)),
@@ -162,9 +134,9 @@ def make_ppo_update(policy, tx: optax.GradientTransformation, ppo,
             ref = policy.model(base_params(params) if ref_params is None else ref_params)
 
             def ref_scores(s):
-                lp, _, _ = score(ref, s.prompt_ids, s.prompt_mask, policy.preprocess(s.frames),
-                                 s.tokens, s.token_mask, temperature)
-                return lp
+                return token_logprobs(ref, s.prompt_ids, s.prompt_mask,
+                                      policy.preprocess(s.frames), s.tokens, s.token_mask,
+                                      temperature).logprobs
 
             chunk = n // (ppo.minibatches * ppo.micro_batches)
             ref_lp = _chunked(ref_scores, samples._replace(ref_token_logp=None), chunk)

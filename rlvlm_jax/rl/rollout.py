@@ -21,23 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvlm_jax.models import sampling
-from rlvlm_jax.models.llama import init_cache
 from rlvlm_jax.rl import losses
 from rlvlm_jax.text.byte_table import byte_table
-from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
+from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens, token_masks
 from rlvlm_jax.text.prompt_encoder import PromptEncoder, formula_of
-
-
-# --------------------------------------------------------------------------------- sampling
-def generate_with_hidden(model, ids, mask, pixels, rng, knobs, cfg: sampling.SamplingConfig):
-    """`sampling.generate`, also returning the last prompt slot's final hidden state (B, D) for
-    the value head."""
-    b, p = ids.shape
-    cache = init_cache(model.cfg.text, b, p + cfg.max_new_tokens, model.dtype)
-    state, cache, hidden = sampling.prefill_with_hidden(model, ids, mask, pixels, cache, rng,
-                                                        knobs, cfg=cfg)
-    state, _ = sampling.decode(model, state, cache, cfg=cfg)
-    return sampling.SampleOutput(state.tokens, state.lengths, state.logprobs, state.step), hidden
 
 
 class StepOutput(NamedTuple):
@@ -72,12 +59,6 @@ class EnvCarry(NamedTuple):
     state: object
     ep_return: jax.Array  # float32 [B]
     ep_length: jax.Array  # int32 [B]
-
-
-def _logp(token_logp, cot_mask, action_mask, lam, action_only: bool):
-    if action_only:
-        return losses.action_only_log_prob(token_logp, action_mask)
-    return losses.action_log_prob(token_logp, cot_mask, action_mask, lam)
 
 
 class Actor:
@@ -126,15 +107,15 @@ class Actor:
         frames = state.canvas
         ids, mask = self.prompts(state, b)
         model = self.policy.model(params)
-        out, hidden = generate_with_hidden(
-            model, ids, mask, self.policy.preprocess(frames), k_sample, knobs, self.sampling
+        out, _, hidden = sampling.generate(
+            model, ids, mask, self.policy.preprocess(frames), k_sample, knobs, cfg=self.sampling,
+            with_hidden=True,
         )
         value = self.policy.value(params, hidden)
         parsed, action_mask = jax.vmap(
             lambda t, n: parse_tokens(self.parser, self.table, t, n)
         )(out.tokens, out.lengths)
-        token_mask = jnp.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
-        cot_mask = token_mask & ~action_mask
+        masks = token_masks(action_mask, out.lengths)
         ok = parsed.action >= 0
         random_action = jax.random.randint(k_rand, (b,), 0, self.env.num_actions)
         action = jnp.where(ok, parsed.action, random_action).astype(jnp.int32)
@@ -161,10 +142,10 @@ class Actor:
             tokens=out.tokens,
             lengths=out.lengths,
             token_logp=out.logprobs,
-            cot_mask=cot_mask,
-            action_mask=action_mask,
-            logp=_logp(out.logprobs, cot_mask, action_mask, self.thought_lambda,
-                       self.action_only),
+            cot_mask=masks.cot,
+            action_mask=masks.action,
+            logp=losses.action_log_prob(out.logprobs, masks.cot, masks.action,
+                                        self.thought_lambda, self.action_only),
             value=value,
             action=action,
             parsed=ok,

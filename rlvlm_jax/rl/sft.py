@@ -20,13 +20,13 @@ import numpy as np
 import optax
 
 from rlvlm_jax.distributed import to_host
+from rlvlm_jax.envs.formula import TEXT_CODE
 from rlvlm_jax.models import sampling, scoring
 from rlvlm_jax.rl import sft_data
 from rlvlm_jax.rl.optimizer import stop_frozen, trainable_part
-from rlvlm_jax.rl.rollout import generate_with_hidden
 from rlvlm_jax.text.byte_table import byte_table
 from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
-from rlvlm_jax.text.prompt_encoder import CODE_STRINGS, PromptEncoder
+from rlvlm_jax.text.prompt_encoder import PromptEncoder
 from rlvlm_jax.text.tokenizer import encode_prompts
 
 
@@ -43,7 +43,7 @@ class SFTData(NamedTuple):
 
 
 _FORMULA = re.compile(r"current formula: (.*?)\. You can choose")
-_CODES = {s: c for c, s in CODE_STRINGS.items()}
+_CODES = TEXT_CODE  # formula token text -> code
 
 
 def formula_codes(prompt: str) -> list[int]:
@@ -146,8 +146,8 @@ def make_sft_eval(policy, tokenizer, task: str, max_new_tokens: int,
     def answer(params, frames, ids, mask):
         knobs = sampling.make_knobs(0.0, eos_ids=cfg.eos_ids)
         model = policy.model(params)
-        out, _ = generate_with_hidden(
-            model, ids, mask, policy.preprocess(frames), jax.random.key(0), knobs, cfg
+        out, _ = sampling.generate(
+            model, ids, mask, policy.preprocess(frames), jax.random.key(0), knobs, cfg=cfg
         )
         parsed, _ = jax.vmap(lambda t, n: parse_tokens(parser, table, t, n))(
             out.tokens, out.lengths

@@ -23,7 +23,8 @@ its encoding. Offsets differ in unit only: `span_start` is a byte offset, where 
 one to the other). Invalid UTF-8 is parsed as raw bytes; bytes >= 0x80 never match.
 
 `action_token_mask` turns the span into the token mask the PPO log-probability needs
-(lambda * CoT log-probs + action log-probs).
+(lambda * CoT log-probs + action log-probs); `token_masks` is the one place where the generated-
+token, chain-of-thought and action masks are derived from each other (rollouts and PPO use it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvlm_jax.envs.parse import ACTION_KEY, KeyChoice
-from rlvlm_jax.envs.prompts import TaskText, get_task
+from rlvlm_jax.envs.tasks import Task, get_task
 from rlvlm_jax.text.byte_table import ByteTable, Text, byte_to_token, detokenize
 
 MissingKey = Literal["last_char", "all", "none"]
@@ -81,7 +82,7 @@ def _ascii_patterns(strings) -> list[bytes]:
     return out
 
 
-def make_action_parser(task: str | TaskText, key: KeyChoice = "last"):
+def make_action_parser(task: str | Task, key: KeyChoice = "last"):
     """`parse(data, length=None) -> ParsedAction` for `task`; `data` is uint8[N] or a `Text`.
 
     Mirrors `parse.parse_action(task, text, key=key)` and `parse.action_span(text, key=key)`
@@ -173,7 +174,28 @@ def action_token_mask(
     else:
         raise ValueError(f"missing must be 'last_char', 'all' or 'none', got {missing!r}")
     first = jnp.where(has_key, byte_to_token(text, jnp.maximum(span_start, 0)), fallback)
-    return (idx >= first) & (idx < num_tokens)
+    return (idx >= first) & completion_mask(num_tokens, t)
+
+
+def completion_mask(lengths: jax.Array, num_slots: int) -> jax.Array:
+    """bool[..., num_slots]: the first `lengths[...]` slots, i.e. the generated tokens (EOS
+    included) of right-padded completions."""
+    return jnp.arange(num_slots, dtype=jnp.int32) < jnp.asarray(lengths)[..., None]
+
+
+class TokenMasks(NamedTuple):
+    """Disjoint token masks of right-padded completions, bool [..., T]."""
+
+    token: jax.Array  # generated tokens (EOS included) = cot | action
+    cot: jax.Array  # chain-of-thought tokens: generated, not action (their log-probs get lambda)
+    action: jax.Array  # action tokens (`action_token_mask`)
+
+
+def token_masks(action_mask: jax.Array, lengths: jax.Array) -> TokenMasks:
+    """The masks of completions of `lengths` generated tokens whose action tokens are
+    `action_mask` [..., T] (from `parse_tokens`)."""
+    token = completion_mask(lengths, action_mask.shape[-1])
+    return TokenMasks(token, token & ~action_mask, action_mask)
 
 
 def parse_tokens(

@@ -18,18 +18,10 @@ import numpy as np
 from rlvlm_jax.envs import formula as F
 from rlvlm_jax.envs import prompts
 from rlvlm_jax.envs.prompts import IMAGE_TOKEN
+from rlvlm_jax.envs.tasks import get_task
 
 TEMPLATES = ("llava_v1", "short")
 _SENTINEL = "\x00"
-CODE_STRINGS = {n: str(n) for n in range(F.MIN_NUMBER, F.MAX_NUMBER + 1)} | {
-    F.PLUS: "+",
-    F.MINUS: "-",
-    F.TIMES: "*",
-    F.DIVIDE: "/",
-    F.LPAREN: "(",
-    F.RPAREN: ")",
-    F.BLANK: " ",
-}
 
 
 def prompt_text(task: str, formula_tokens, cot: bool, template: str) -> str:
@@ -42,7 +34,7 @@ def prompt_text(task: str, formula_tokens, cot: bool, template: str) -> str:
     if template == "llava_v1":
         return prompts.full_prompt(task, formula_tokens, cot)
     if template == "short":
-        spec = prompts.get_task(task)
+        spec = get_task(task)
         body = spec.name + (" json with thoughts" if cot else " json")
         if spec.has_formula:
             body += " formula: " + prompts.formula_text(formula_tokens)
@@ -58,7 +50,8 @@ class PromptEncoder:
 
     def __init__(self, tokenizer, task: str, cot: bool, template: str, num_image_tokens: int,
                  length: int = 0, max_formula: int = 0):
-        spec = prompts.get_task(task)
+        spec = get_task(task)
+        self.task, self.cot, self.template = task, cot, template
         self.has_formula = spec.has_formula
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.num_image_tokens = num_image_tokens
@@ -76,7 +69,7 @@ class PromptEncoder:
             self.segments.append(np.asarray(row, np.int32))
         self.num_slots = len(pieces) - 1
         code_ids = [[]] + [
-            tokenizer(CODE_STRINGS[c], add_special_tokens=False)["input_ids"]
+            tokenizer(F.CODE_TEXT[c], add_special_tokens=False)["input_ids"]
             for c in range(1, F.NUM_CODES)
         ]
         width = max(1, max(len(x) for x in code_ids))

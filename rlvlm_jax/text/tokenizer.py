@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from etils import epath
 
-IMAGE_TOKEN = "<image>"
+from rlvlm_jax.envs.prompts import IMAGE_TOKEN
+
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN)  # ids 0..4 in the card tokenizer
 
 
@@ -39,10 +40,11 @@ def card_task_corpus(num_states: int = 300, seed: int = 0) -> list[str]:
     """Prompts and chain-of-thought demonstrations of the four card tasks (the text the policy
     reads and writes), over random states."""
     from rlvlm_jax.envs import demonstrations, prompts
+    from rlvlm_jax.envs.tasks import TASK_NAMES
 
     rng = random.Random(seed)
     texts = []
-    for name in prompts.TASKS:
+    for name in TASK_NAMES:
         texts += [prompts.full_prompt(name, None, cot) for cot in (True, False)]
 
     def demo(task, **state):
@@ -119,7 +121,7 @@ def encode_prompts(tokenizer, texts: Sequence[str], num_image_tokens: int, lengt
     return ids, mask
 
 
-def get_tokenizer(config, workdir: str | None):
+def get_tokenizer(section, workdir: str | None, checkpoint: str = ""):
     """The configured tokenizer directory, else the pretrained checkpoint's, else the card
     tokenizer, built once and kept in `<workdir>/tokenizer`.
 
@@ -127,7 +129,7 @@ def get_tokenizer(config, workdir: str | None):
     build is deterministic) and only process 0 copies it into the workdir, atomically for a
     local path; a gs:// workdir is never read by transformers, only compared on resume.
     """
-    path = config.tokenizer.path or config.model.get("checkpoint", "")
+    path = section.path or checkpoint
     if path:
         return load_tokenizer(path)
     if workdir is None:
@@ -138,7 +140,7 @@ def get_tokenizer(config, workdir: str | None):
         return load_tokenizer(str(saved))
     with tempfile.TemporaryDirectory(prefix="card_tokenizer_") as tmpdir:
         local = epath.Path(tmpdir)
-        build_card_tokenizer(str(local), config.tokenizer.vocab_size)
+        build_card_tokenizer(str(local), section.vocab_size)
         if (saved / "tokenizer.json").exists():
             if (saved / "tokenizer.json").read_text() != (local / "tokenizer.json").read_text():
                 raise ValueError(f"{saved} differs from the card tokenizer this version builds; "

@@ -10,6 +10,7 @@ import pytest
 
 from rlvlm_jax.envs import demonstrations, parse, prompts, solvers
 from rlvlm_jax.envs.parse import action_span, parse_action
+from rlvlm_jax.envs.tasks import TASKS, get_task
 
 cot_demonstration = demonstrations.cot_demonstration
 
@@ -67,8 +68,7 @@ def test_prompt_bytes_match_original(task, cot):
     text = prompts.task_prompt(task, None, cot)
     assert hashlib.sha256(text.encode()).hexdigest() == PROMPT_SHA256[(task, cot)]
     assert prompts.task_prompt(task, [], cot) == text  # empty formula == no info
-    spec = prompts.TASKS[task]
-    assert (spec.cot_prompt if cot else spec.action_only_prompt) == text
+    assert prompts.task_prompt(get_task(f"gym_cards/{task}-v0"), None, cot) == text
 
 
 def test_prompt_literals():
@@ -93,15 +93,15 @@ def test_formula_is_current_and_inserted_where_the_original_puts_it():
 
 
 def test_action_lists_and_lookup():
-    assert prompts.TASKS["NumberLine"].action_strings == ("-", "+")
-    assert prompts.TASKS["Blackjack"].action_strings == ("stand", "hit")
-    assert prompts.TASKS["EZPoints"].action_strings == tuple("1 2 3 4 5 6 7 8 9 10 + * =".split())
+    assert TASKS["NumberLine"].action_strings == ("-", "+")
+    assert TASKS["Blackjack"].action_strings == ("stand", "hit")
+    assert TASKS["EZPoints"].action_strings == tuple("1 2 3 4 5 6 7 8 9 10 + * =".split())
     p24 = tuple("1 2 3 4 5 6 7 8 9 10 + - * / ( ) =".split())
-    assert prompts.TASKS["Points24"].action_strings == p24
-    assert [t.num_actions for t in prompts.TASKS.values()] == [2, 13, 17, 2]
-    assert prompts.get_task("gym_cards/Points24-v0") is prompts.TASKS["Points24"]
+    assert TASKS["Points24"].action_strings == p24
+    assert [t.num_actions for t in TASKS.values()] == [2, 13, 17, 2]
+    assert get_task("gym_cards/Points24-v0") is TASKS["Points24"]
     with pytest.raises(KeyError):
-        prompts.get_task("Points25")
+        get_task("Points25")
 
 
 def test_llava_template():
@@ -201,7 +201,7 @@ def test_action_span():
 def _check_demo(task, text, want_id, json_action):
     obj = json.loads(text)  # valid JSON
     assert list(obj)[-1] == "action"
-    assert obj["action"] == prompts.TASKS[task].action_strings[json_action]
+    assert obj["action"] == TASKS[task].action_strings[json_action]
     assert parse_action(task, text) == (want_id, 1)
     assert parse_action(task, text, key="first") == (want_id, 1)
     assert text.count('"action":') == 1
@@ -260,7 +260,7 @@ def test_blackjack_demo_with_cards():
 
 def _play_points(task, ranks, max_steps=25):
     """Follows the demonstrations' oracle from an empty formula; checks every step's text."""
-    spec = prompts.TASKS[task]
+    spec = TASKS[task]
     formula = []
     for _ in range(max_steps):
         text = cot_demonstration(task, cards=ranks, formula=formula)
@@ -332,7 +332,7 @@ def test_points24_demo_overrides_and_dead_ends():
 
 
 def test_answer_only_round_trip():
-    for name, spec in prompts.TASKS.items():
+    for name, spec in TASKS.items():
         for aid, s in enumerate(spec.action_strings):
             for a in (aid, s):
                 text = demonstrations.answer_only(name, a)

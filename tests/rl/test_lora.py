@@ -16,12 +16,13 @@ from rlvlm_jax.rl import lora
 from rlvlm_jax.rl import optimizer as optim
 from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.sharding import make_mesh, shard_params
+from tests.rl.test_sft import init_policy
 
 
 @pytest.fixture(scope="module")
 def tiny():
     cfg = presets.get("tiny")
-    policy, params = policy_lib.init_policy(cfg, (16,), 0)
+    policy, params = init_policy(cfg, (16,))
     return cfg, policy, params
 
 
@@ -117,7 +118,7 @@ def test_mixed_precision_casts_matrices_once_with_the_same_logits():
     gathers move bf16), and the logits equal the model's own per-use casts, with and without
     adapters."""
     cfg = presets.get("tiny")
-    policy, params = policy_lib.init_policy(cfg, (16,), 0, dtype="bfloat16")
+    policy, params = init_policy(cfg, (16,), dtype="bfloat16")
     assert policy.dtype == "bfloat16"
     adapters = lora.init_lora(params["vlm"], 2, jax.random.key(1))
     adapters = jax.tree.map(lambda x: x + 0.05, adapters)  # B != 0: a real delta
@@ -157,7 +158,7 @@ def test_trainable_part_is_what_the_optimiser_updates(tiny):
 
 def test_rule_table_places_adapters():
     cfg = presets.get("tiny")
-    _, params = policy_lib.init_policy(cfg, (16,), 0)
+    _, params = init_policy(cfg, (16,))
     adapters = lora.init_lora(params["vlm"], 4, jax.random.key(0))
     placed = shard_params(adapters, make_mesh((2, 2, 2)))
     ab = placed["text.layers.0.gate_proj"]

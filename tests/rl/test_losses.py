@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from rlvlm_jax.models import scoring
 from rlvlm_jax.rl import losses as L
 from rlvlm_jax.rl import minibatch as M
 
@@ -39,7 +40,9 @@ def test_action_log_prob_known_sequence():
     act = jnp.array([0, 0, 0, 1, 1, 0])
     for lam in (0.0, 0.2, 0.5, 1.0):
         assert float(L.action_log_prob(lp, cot, act, lam)) == pytest.approx(lam * -6.0 - 9.0)
-    assert float(L.action_only_log_prob(lp, act)) == -9.0
+    for lam in (0.0, 0.5):  # action_only: the CoT mask and lambda play no part
+        assert float(L.action_log_prob(lp, cot, act, lam, action_only=True)) == -9.0
+        assert float(L.action_log_prob(lp, act, act, lam, action_only=True)) == -9.0
     # Linear in lambda: d/dlam is the CoT sum.
     assert float(jax.grad(lambda lam: L.action_log_prob(lp, cot, act, lam))(0.5)) == -6.0
 
@@ -56,7 +59,8 @@ def test_action_log_prob_matches_loop_with_padding():
                 ref[i] += lp[i, j]
     np.testing.assert_allclose(got, ref, rtol=1e-6)
     np.testing.assert_allclose(
-        L.action_log_prob(lp, cot, act, 0.0), L.action_only_log_prob(lp, act), rtol=1e-6
+        L.action_log_prob(lp, cot, act, 0.0), L.action_log_prob(lp, cot, act, 0.5, True),
+        rtol=1e-6,
     )
     # Gradient w.r.t. token log-probs: lam on CoT, 1 on action, 0 (not NaN) on padding.
     g = jax.jit(jax.grad(lambda x: L.action_log_prob(x, cot, act, 0.5).sum()))(lp)
@@ -206,41 +210,54 @@ def test_pg_loss_and_registries():
         L.ppo_loss(new, old, adv, kl_coef=0.1)
     with pytest.raises(ValueError, match="coefficient"):
         L.ppo_loss(new, old, adv, ent_coef=0.01)
+    with pytest.raises(ValueError, match="coefficient"):  # entropies without a token mask
+        L.ppo_loss(new, old, adv, ent_coef=0.01, entropy=jnp.ones((1, 3)))
 
 
 # --------------------------------------------------------------------------------------------
 # token-level terms
 
 
-def test_entropy_from_logits_matches_loop():
+def test_token_entropy_and_its_reductions_match_loops():
+    """The scorer's per-token entropy formula, and ppo_loss's reductions of it over tokens."""
     n, length, vocab = 4, 7, 11
     logits = RNG.normal(0, 2, size=(n, length, vocab))
     mask = RNG.random((n, length)) < 0.6
     mask[0] = False  # a sequence with no valid token
-    logits[~mask] = np.nan  # padding logits never reach the result or the gradient
-    ents, per_seq = [], []
+    ref = np.zeros((n, length))
     for i in range(n):
-        row = []
         for j in range(length):
-            if mask[i, j]:
-                p = np.exp(logits[i, j] - logits[i, j].max())
-                p /= p.sum()
-                row.append(-np.sum(p * np.log(p)))
-        ents += row
-        if row:
-            per_seq.append(row)
-    ent = jax.jit(L.entropy_from_logits, static_argnums=2)
-    np.testing.assert_allclose(ent(logits, mask, "token_mean"), np.mean(ents), rtol=1e-5)
-    np.testing.assert_allclose(
-        ent(logits, mask, "seq_mean_token_mean"), np.mean([np.mean(r) for r in per_seq]), rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        ent(logits, mask, "seq_mean_token_sum"), np.mean([np.sum(r) for r in per_seq]), rtol=1e-5
-    )
-    g = jax.jit(jax.grad(lambda x: L.entropy_from_logits(x, mask)))(logits)
+            p = np.exp(logits[i, j] - logits[i, j].max())
+            p /= p.sum()
+            ref[i, j] = -np.sum(p * np.log(p))
+    per_token = jax.jit(lambda x: scoring.entropy_of(jax.nn.log_softmax(x, axis=-1)))(logits)
+    np.testing.assert_allclose(per_token, ref, rtol=1e-5)
+    uniform = scoring.entropy_of(jax.nn.log_softmax(jnp.zeros((2, vocab)), axis=-1))
+    np.testing.assert_allclose(uniform, [math.log(vocab)] * 2, rtol=1e-6)
+
+    rows = [[ref[i, j] for j in range(length) if mask[i, j]] for i in range(n)]
+    want = {
+        "token_mean": np.mean([e for r in rows for e in r]),
+        "seq_mean_token_mean": np.mean([np.mean(r) for r in rows if r]),
+        "seq_mean_token_sum": np.mean([np.sum(r) for r in rows if r]),
+    }
+    assert set(want) == set(L.TOKEN_REDUCTIONS)
+    ent_pad = np.where(mask, ref, np.nan)  # padding entries never reach the result or gradient
+    zeros = np.zeros(n)
+
+    def entropy_metric(e, reduction):
+        return L.ppo_loss(zeros, zeros, zeros, ent_coef=0.01, entropy=e, token_mask=mask,
+                          token_reduction=reduction)[1]["entropy"]
+
+    f = jax.jit(entropy_metric, static_argnums=1)
+    for name, value in want.items():
+        np.testing.assert_allclose(f(ent_pad, name), value, rtol=1e-5, err_msg=name)
+    g = jax.jit(jax.grad(lambda e: L.ppo_loss(zeros, zeros, zeros, ent_coef=0.01, entropy=e,
+                                              token_mask=mask)[0]))(ent_pad)
     assert np.all(np.isfinite(g)) and np.all(np.asarray(g)[~mask] == 0)
-    uniform = L.entropy_from_logits(np.zeros((1, 2, vocab)), np.ones((1, 2), bool))
-    assert float(uniform) == pytest.approx(math.log(vocab), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(g)[mask], -0.01 / mask.sum(), rtol=1e-6)
+    with pytest.raises(KeyError, match="known"):
+        entropy_metric(ent_pad, "nope")
 
 
 def test_kl_estimators_match_loop():
@@ -274,7 +291,7 @@ def test_kl_estimators_match_loop():
 
 
 def test_total_loss_all_terms_jitted():
-    n, length, vocab = 8, 6, 5
+    n, length = 8, 6
     old = -RNG.exponential(2.0, size=n)
     new = old + RNG.normal(0, 0.1, size=n)
     adv = RNG.normal(size=n)
@@ -285,11 +302,12 @@ def test_total_loss_all_terms_jitted():
     tok_lp = -RNG.exponential(size=(n, length))
     ref_lp = tok_lp + RNG.normal(0, 0.2, size=(n, length))
     tmask = RNG.random((n, length)) < 0.7
-    logits = RNG.normal(size=(n, length, vocab))
+    both = tmask & mask[:, None]  # padding samples drop out of the token terms too
+    ent_tok = np.where(both, RNG.exponential(size=(n, length)), np.nan)  # NaN must not leak
     coefs = dict(vf_coef=0.5, ent_coef=0.01, kl_coef=0.05)
 
     @jax.jit
-    def f(new, old, adv, v, v_old, ret, mask, tok_lp, ref_lp, tmask, logits):
+    def f(new, old, adv, v, v_old, ret, mask, tok_lp, ref_lp, tmask, ent_tok):
         return L.ppo_loss(
             new,
             old,
@@ -298,17 +316,16 @@ def test_total_loss_all_terms_jitted():
             old_values=v_old,
             returns=ret,
             mask=mask,
-            logits=logits,
+            entropy=ent_tok,
             token_logp=tok_lp,
             ref_token_logp=ref_lp,
             token_mask=tmask,
             **coefs,
         )
 
-    loss, m = f(new, old, adv, v, v_old, ret, mask, tok_lp, ref_lp, tmask, logits)
-    both = tmask & mask[:, None]  # padding samples drop out of the token terms too
+    loss, m = f(new, old, adv, v, v_old, ret, mask, tok_lp, ref_lp, tmask, ent_tok)
     kl = np.mean((np.exp(ref_lp - tok_lp) - (ref_lp - tok_lp) - 1)[both])
-    ent = float(L.entropy_from_logits(logits, both))
+    ent = np.mean(ent_tok[both])
     pg, _ = ppo_loop(new, old, adv, mask, 0.1)
     vl = value_loop(v, v_old, ret, mask, 0.1)
     np.testing.assert_allclose(m["kl_ref"], kl, rtol=1e-5)
@@ -331,6 +348,26 @@ def test_total_loss_all_terms_jitted():
         "kl_ref",
     }
     assert all(jnp.shape(x) == () for x in m.values())
+
+
+def test_total_adds_its_terms_in_a_fixed_order():
+    """((policy + vf * value) + kl * KL) - ent * entropy, in float32: checkpoints depend on the
+    exact bits. At 2**24 (float32 spacing 2) adding 1 first rounds away, subtracting 1 first
+    does not, so the two orders of the last terms give different totals."""
+    big = np.float32(2.0**24)
+
+    @jax.jit
+    def f(adv, v, tok, ref, ent):
+        zero = jnp.zeros(1)
+        return L.ppo_loss(zero, zero, adv, values=v, old_values=v, returns=v, vf_coef=0.5,
+                          kl_coef=1.0, ent_coef=1.0, entropy=ent, token_logp=tok,
+                          ref_token_logp=ref, token_mask=jnp.ones((1, 1), bool),
+                          kl_estimator="k1")
+
+    loss, m = f(jnp.array([-big]), jnp.ones(1), jnp.zeros((1, 1)), -jnp.ones((1, 1)),
+                jnp.ones((1, 1)))
+    assert (float(m["policy_loss"]), float(m["kl_ref"]), float(m["entropy"])) == (big, 1.0, 1.0)
+    assert float(loss) == float((big + np.float32(1.0)) - np.float32(1.0)) == big - 1
 
 
 # --------------------------------------------------------------------------------------------

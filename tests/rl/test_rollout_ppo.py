@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 
 import rlvlm_jax.envs as envs
+from rlvlm_jax.models import scoring
 from rlvlm_jax.rl import losses, ppo
 from rlvlm_jax.rl import optimizer as optim
 from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.rl.rollout import Actor
 from rlvlm_jax.text import tokenizer as tokenizer_lib
+from rlvlm_jax.text.parse_device import token_masks
 from rlvlm_jax.text.prompt_encoder import PromptEncoder
 from tests.models.compiles import count_compiles
-from tests.rl.test_sft import load_config
+from tests.rl.test_sft import init_policy, load_config
 
 T, B = 2, 8  # B divides an 8-device mesh
 FAST = {"xla_backend_optimization_level": 0}  # compile time dominates these tests
@@ -24,9 +26,9 @@ FAST = {"xla_backend_optimization_level": 0}  # compile time dominates these tes
 def setup(tmp_path_factory):
     c = load_config()
     c.max_new_tokens = 12  # random models rarely stop: keep the decode short
-    tok = tokenizer_lib.get_tokenizer(c, str(tmp_path_factory.mktemp("tok")))
-    cfg = policy_lib.llava_config(c, tok)
-    policy, params = policy_lib.init_policy(cfg, c.model.value_hidden, 0)
+    tok = tokenizer_lib.get_tokenizer(c.tokenizer, str(tmp_path_factory.mktemp("tok")))
+    cfg = policy_lib.llava_config(c.model, c.image_size, tok)
+    policy, params = init_policy(cfg, c.model.value_hidden)
     env, env_params = envs.make("NumberLine", image_size=c.image_size, final_observation=True)
     enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
     actor = Actor(env, env_params, policy, tok, enc, c.max_new_tokens, 0.5)
@@ -47,6 +49,9 @@ def test_rollout_shapes_and_masks(setup):
     cot, act = np.asarray(traj.cot_mask), np.asarray(traj.action_mask)
     assert not np.any(cot & act)
     np.testing.assert_array_equal(cot | act, valid)
+    masks = token_masks(traj.action_mask, traj.lengths)  # what the PPO update derives
+    for got, want in ((masks.token, valid), (masks.cot, cot), (masks.action, act)):
+        np.testing.assert_array_equal(got, want)
     assert np.all((np.asarray(traj.action) >= 0) & (np.asarray(traj.action) < 2))
     # lambda-scaled log-prob from the sampler's per-token log-probs
     want = losses.action_log_prob(traj.token_logp, traj.cot_mask, traj.action_mask, 0.5)
@@ -73,12 +78,12 @@ def test_sampler_and_trainer_log_probs_agree(setup):
     c, tok, policy, params, actor, rollout, carry, (_, traj, _) = setup
     flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), traj)
     mask = np.arange(c.max_new_tokens)[None] < np.asarray(flat.lengths)[:, None]
-    lp, ent, hidden = ppo.score(policy.model(params), flat.prompt_ids, flat.prompt_mask,
-                                policy.preprocess(flat.frames), flat.tokens, jnp.asarray(mask),
-                                1.0)
+    lp, hidden, ent = scoring.token_logprobs(
+        policy.model(params), flat.prompt_ids, flat.prompt_mask, policy.preprocess(flat.frames),
+        flat.tokens, jnp.asarray(mask), 1.0, entropy=True)
     np.testing.assert_allclose(lp, flat.token_logp, atol=2e-4)
     np.testing.assert_allclose(policy.value(params, hidden), flat.value, atol=1e-4)
-    assert np.all(np.asarray(ent)[mask] > 0)
+    assert np.all(np.asarray(ent)[mask] > 0) and np.all(np.asarray(ent)[~mask] == 0)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +134,9 @@ def test_rollouts_with_a_formula_prompt(tmp_path):
     c.max_new_tokens = 6
     c.image_size = 76  # EZPoints' smallest legible picture
     c.model.patch_size = 19  # 16 image tokens
-    tok = tokenizer_lib.get_tokenizer(c, str(tmp_path))
-    cfg = policy_lib.llava_config(c, tok)
-    policy, params = policy_lib.init_policy(cfg, c.model.value_hidden, 0)
+    tok = tokenizer_lib.get_tokenizer(c.tokenizer, str(tmp_path))
+    cfg = policy_lib.llava_config(c.model, c.image_size, tok)
+    policy, params = init_policy(cfg, c.model.value_hidden)
     env, env_params = envs.make("EZPoints", image_size=76, final_observation=True)
     enc = PromptEncoder(tok, "EZPoints", True, "short", cfg.num_image_tokens,
                         max_formula=env.max_tokens + 1)

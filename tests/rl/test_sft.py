@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -29,9 +30,19 @@ def load_config(name="numberline_test", arg=None):
     return module.get_config(arg)
 
 
+def init_policy(cfg, value_hidden, **model):
+    """`policy.init_policy` with a model section at the values these tests were written for:
+    N(0, 0.02) weights, CLIP pixels, seed 0, float32 (override with `model`)."""
+    section = ml_collections.ConfigDict(dict(
+        value_hidden=tuple(value_hidden), init_seed=0, init="normal", pixels="clip",
+        dtype="float32", param_dtype="float32", remat=False))
+    section.update(model)
+    return policy_lib.init_policy(cfg, section)
+
+
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    return tokenizer_lib.get_tokenizer(load_config(), str(tmp_path_factory.mktemp("tok")))
+    return tokenizer_lib.get_tokenizer(load_config().tokenizer, str(tmp_path_factory.mktemp("tok")))
 
 
 @pytest.mark.parametrize("template", ["short", "llava_v1"])
@@ -78,8 +89,8 @@ def test_formula_codes_round_trip():
 
 def test_sft_loss_decreases_on_a_fixed_batch(tok):
     c = load_config()
-    cfg = policy_lib.llava_config(c, tok)
-    policy, params = policy_lib.init_policy(cfg, c.model.value_hidden, 0)
+    cfg = policy_lib.llava_config(c.model, c.image_size, tok)
+    policy, params = init_policy(cfg, c.model.value_hidden)
     env, _ = envs.make("NumberLine", image_size=c.image_size)
     enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
     data = sft.make_sft_data(env, tok, enc, 8, jax.random.key(0), 0.5, True, c.max_new_tokens)
@@ -103,7 +114,7 @@ def test_sft_loss_decreases_on_a_fixed_batch(tok):
 def test_demonstrations_parse_to_their_actions(tok):
     """The encoded responses, parsed on the device, give the demonstrated actions."""
     c = load_config()
-    cfg = policy_lib.llava_config(c, tok)
+    cfg = policy_lib.llava_config(c.model, c.image_size, tok)
     env, _ = envs.make("NumberLine", image_size=c.image_size)
     enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
     demos = sft_data.make_demonstrations(env, 16, jax.random.key(1), 0.5, True)

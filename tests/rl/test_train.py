@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rlvlm_jax import train as train_lib
+from rlvlm_jax.build import build, validate_config
 from rlvlm_jax.checkpoints import Checkpointer, CheckpointError
 from rlvlm_jax.text import tokenizer as tokenizer_lib
 from tests.rl.test_sft import ROOT, load_config
@@ -31,28 +32,24 @@ def small_config(tok_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tok_dir = str(tmp_path_factory.mktemp("tok"))
-    tokenizer_lib.get_tokenizer(load_config(), tok_dir).save_pretrained(tok_dir)
+    tokenizer_lib.get_tokenizer(load_config().tokenizer, tok_dir).save_pretrained(tok_dir)
     c = small_config(tok_dir)
     full_dir = str(tmp_path_factory.mktemp("full"))
-    job = train_lib.Job(c, full_dir)
-    full = train_lib.train(c, full_dir, job=job)
+    run = build(c, full_dir)
+    full = train_lib.train(c, full_dir, run=run)
     part_dir = str(tmp_path_factory.mktemp("part"))
-    assert train_lib.train(c, part_dir, job=job, interrupt_after=1) == {"interrupted": True}
-    resumed = train_lib.train(c, part_dir, job=job)
-    return c, job, full_dir, full, part_dir, resumed
+    assert train_lib.train(c, part_dir, run=run, interrupt_after=1) == {"interrupted": True}
+    resumed = train_lib.train(c, part_dir, run=run)
+    return c, run, full_dir, full, part_dir, resumed
 
 
-def _params(job, workdir, step):
+def _params(run, workdir, step):
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    target = job.ppo_state(job.init_params, job.ppo_tx.init(job.init_params),
-                           job.actor.reset(jax.random.key(0), job.config.ppo.num_envs),
-                           jax.random.key(0), job.init_params)
-    state, meta = ckpt.restore(target, step)
-    return state, meta
+    return ckpt.restore(run.restore_target("ppo"), step)
 
 
 def test_resumed_run_equals_uninterrupted(runs):
-    c, job, full_dir, full, part_dir, resumed = runs
+    c, run, full_dir, full, part_dir, resumed = runs
     assert len(full["history"]) == c.ppo.iterations
     assert [h["iteration"] for h in resumed["history"]] == [1, 2, 3]
     for a, b in zip(full["history"], resumed["history"], strict=True):
@@ -60,20 +57,20 @@ def test_resumed_run_equals_uninterrupted(runs):
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=0, atol=0, err_msg=k)
     last = c.sft.steps + c.ppo.iterations
-    s_full, _ = _params(job, full_dir, last)
-    s_part, _ = _params(job, part_dir, last)
+    s_full, _ = _params(run, full_dir, last)
+    s_part, _ = _params(run, part_dir, last)
     jax.tree.map(np.testing.assert_array_equal, s_full, s_part)
 
 
 def test_keeps_last_checkpoints(runs):
-    c, job, full_dir, *_ = runs
+    c, run, full_dir, *_ = runs
     steps = Checkpointer(os.path.join(full_dir, "checkpoints")).all_steps()
     assert len(steps) == c.keep_checkpoints
     assert max(steps) == c.sft.steps + c.ppo.iterations
 
 
 def test_incompatible_checkpoint_is_a_clear_error(runs, tmp_path):
-    c, job, full_dir, *_ = runs
+    c, run, full_dir, *_ = runs
     ckpt = Checkpointer(os.path.join(full_dir, "checkpoints"))
     with pytest.raises(CheckpointError, match="does not match"):
         ckpt.restore({"params": {"w": np.zeros(3)}})
@@ -82,11 +79,11 @@ def test_incompatible_checkpoint_is_a_clear_error(runs, tmp_path):
 
 
 def test_changed_model_in_same_workdir_is_refused(runs):
-    c, job, full_dir, *_ = runs
+    c, run, full_dir, *_ = runs
     other = small_config(c.tokenizer.path)
     other.model.text_hidden = 48
     with pytest.raises(ValueError, match="different config"):
-        train_lib.Job(other, full_dir)
+        train_lib.Outputs(other, full_dir)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +103,7 @@ def test_bad_values_fail_before_compiling(field, value, message):
     section, _, name = field.rpartition(".")
     setattr(c[section] if section else c, name, value)
     with pytest.raises(ValueError, match=message):
-        train_lib.validate_config(c)
+        validate_config(c)
 
 
 def test_unknown_field_on_the_command_line(tmp_path):
@@ -125,10 +122,29 @@ def test_unknown_field_on_the_command_line(tmp_path):
 def test_evaluate_command(runs):
     from rlvlm_jax.evaluate import evaluate_checkpoint
 
-    c, job, full_dir, *_ = runs
+    c, run, full_dir, *_ = runs
     out = evaluate_checkpoint(c, full_dir, episodes=4, temperature=0.2)
     assert out["episodes"] == 4 and out["stage"] == "ppo"
     assert 0.0 <= out["success_rate"] <= 1.0
     assert os.path.isfile(os.path.join(full_dir, f"eval_{out['checkpoint_step']}_t0.2.json"))
     greedy = evaluate_checkpoint(c, full_dir, episodes=4, temperature=0.0)
     assert greedy["temperature"] == 0.0
+
+
+def test_evaluate_restores_a_lora_checkpoint(runs, tmp_path):
+    """`evaluate` restores into the same target as training's resume: with LoRA adapters the PPO
+    checkpoint carries `lora` leaves and no reference copy (the frozen base is the reference)."""
+    from rlvlm_jax.evaluate import evaluate_checkpoint
+
+    c = small_config(runs[0].tokenizer.path)
+    c.ppo.lora_rank, c.ppo.lora_alpha = 4, 8.0
+    run = build(c, str(tmp_path))
+    target = run.restore_target("ppo")
+    assert "lora" in target["params"] and "ref_params" not in target  # kl_coef > 0 under LoRA
+    adapters = jax.tree.map(lambda x: x + 1.0, target["params"]["lora"])
+    state = {**target, "params": {**target["params"], "lora": adapters}}
+    train_lib.Outputs(c, str(tmp_path)).ckpt.save(7, state, {"stage": "ppo"})
+    restored, _ = Checkpointer(str(tmp_path / "checkpoints")).restore(run.restore_target("ppo"))
+    jax.tree.map(np.testing.assert_array_equal, restored["params"]["lora"], adapters)
+    out = evaluate_checkpoint(c, str(tmp_path), episodes=4, temperature=0.0)
+    assert out["checkpoint_step"] == 7 and out["stage"] == "ppo" and out["episodes"] == 4

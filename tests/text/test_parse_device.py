@@ -10,7 +10,7 @@ import pytest
 
 from rlvlm_jax.envs import demonstrations
 from rlvlm_jax.envs.parse import action_span, found_actions, parse_action
-from rlvlm_jax.envs.prompts import TASKS, TaskText
+from rlvlm_jax.envs.tasks import TASKS, Task
 from rlvlm_jax.text import byte_table as bt
 from rlvlm_jax.text.parse_device import action_token_mask, make_action_parser, parse_tokens
 
@@ -197,8 +197,9 @@ def test_device_parser_equals_host_parser(task):
 
 def test_ten_rule_with_multi_byte_actions():
     """The "10" deletion compacts the text: multi-byte strings formed across it are found."""
-    spec = TaskText("Synthetic", "synthetic", ("10", "01", "11", "00", "1+", "=1", "+"), False,
-                    True, None)  # fmt: skip
+    spec = Task(name="Synthetic", gym_id="synthetic", gymnax_id="synthetic",
+                action_strings=("10", "01", "11", "00", "1+", "=1", "+"), has_formula=False,
+                has_ten=True, target=None)  # fmt: skip
     rng = random.Random(5)
     # "1=101" -> "1=1" after the deletion: "=1" is found although "=" and "1" were not adjacent.
     texts = ['"action": 1=101'] + [
