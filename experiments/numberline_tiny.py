@@ -104,5 +104,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 20  # PPO iterations between checkpoints
     c.keep_checkpoints = 3  # newest checkpoints kept
     c.mesh = ""  # "data,fsdp,tensor" device counts, e.g. "4,2,1"; "": one device
+    c.require_checkpoint = False  # True: refuse to start without model.checkpoint (big models)
     c.fast_compile = False  # XLA optimisation level 0: compiles faster, runs slower (tests)
     return c

@@ -23,61 +23,253 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import numbers
+import os
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 from flax import serialization
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rlvlm_jax.envs as envs
 from rlvlm_jax.rl import lora as lora_lib
+from rlvlm_jax.rl import losses
 from rlvlm_jax.rl import optimizer as optim
 from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.rl import ppo as ppo_lib
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl.rollout import Actor, EnvCarry
 from rlvlm_jax.sharding import BATCH, make_mesh, param_shardings
-from rlvlm_jax.text.prompt_encoder import PromptEncoder
+from rlvlm_jax.text.prompt_encoder import TEMPLATES, PromptEncoder
 from rlvlm_jax.text.tokenizer import get_tokenizer
 
 STAGES = ("sft", "ppo")
 
 
 # ------------------------------------------------------------------------------------ checks
-def validate_config(config) -> None:
-    """Clear errors for values that cannot work, before anything is built or compiled."""
-    p = config.ppo
-    if config.task not in {n.removesuffix("-v0") for n in envs.GYMNAX_IDS.values()}:
-        raise ValueError(f"config.task {config.task!r} is not one of {list(envs.GYMNAX_IDS)}")
-    buffer = p.num_envs * p.num_steps
+# The names each config field may take: the registries the components look them up in.
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, model.param_dtype
+INITS = ("normal", "fan_in")  # model.init (rl/policy.py: init_policy)
+PIXELS = ("clip", "ink")  # model.pixels (rl/policy.py: Policy.preprocess)
+NAMED = {  # field -> the names it may take
+    "template": TEMPLATES,
+    "model.init": INITS,
+    "model.pixels": PIXELS,
+    "model.dtype": DTYPES,
+    "model.param_dtype": DTYPES,
+    "ppo.policy_loss": tuple(losses.POLICY_LOSSES),
+    "ppo.value_loss": tuple(losses.VALUE_LOSSES),
+    "ppo.kl_estimator": tuple(losses.KL_ESTIMATORS),
+    "ppo.token_reduction": tuple(losses.TOKEN_REDUCTIONS),
+}
+# The largest picture side. Every environment carries its uint8 [S, S, 3] picture in its state
+# and every rollout step stores one per environment (the trajectory's `frames`): 3 MiB each at
+# 1024 px, so 1.5 GiB for the 7B config's 512-step buffer and 1.5 GiB for 500 evaluation
+# environments, before any model memory. The largest tower this project loads (CLIP-L/336)
+# takes 336 px, and a tower trained from scratch has (S / patch)^2 image tokens per prompt.
+MAX_IMAGE_SIZE = 1024
+# Fields that count something and the least each may be (0 allowed: "none" / "off").
+AT_LEAST = {
+    "max_new_tokens": 1, "log_every": 1, "checkpoint_every": 0, "keep_checkpoints": 1,
+    "tokenizer.vocab_size": 1,
+    "model.vision_hidden": 1, "model.vision_mlp": 1, "model.vision_layers": 1,
+    "model.vision_heads": 1, "model.patch_size": 1, "model.text_hidden": 1, "model.text_mlp": 1,
+    "model.text_layers": 1, "model.text_heads": 1, "model.text_kv_heads": 1,
+    "model.vocab_size": 0, "model.max_positions": 1,
+    "sft.steps": 0, "sft.warmup": 0, "sft.eval_every": 0, "sft.checkpoint_every": 0,
+    "ppo.iterations": 0, "ppo.num_envs": 1, "ppo.num_steps": 1, "ppo.epochs": 1,
+    "ppo.minibatches": 1, "ppo.micro_batches": 1, "ppo.warmup": 0, "ppo.lora_rank": 0,
+    "eval.episodes": 0, "eval.every": 0,
+}
+# Real-valued fields and their closed ranges (None: unbounded on that side).
+RANGES = {
+    "sft.lr": (0.0, None), "sft.weight_decay": (0.0, None), "sft.grad_clip": (0.0, None),
+    "sft.wrong_share": (0.0, 1.0),
+    "ppo.lr": (0.0, None), "ppo.lr_end": (0.0, None), "ppo.weight_decay": (0.0, None),
+    "ppo.grad_clip": (0.0, None), "ppo.vf_coef": (0.0, None), "ppo.kl_coef": (0.0, None),
+    "ppo.ent_coef": (None, None), "ppo.gamma": (0.0, 1.0), "ppo.gae_lambda": (0.0, 1.0),
+    "ppo.thought_lambda": (0.0, 1.0), "eval.temperature": (None, None),
+}
+# A tokenizer directory holds one of these (transformers' AutoTokenizer reads them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def _field(config, name: str, default=None):
+    node = config
+    for part in name.split("."):
+        if part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def validate_config(config, *, abstract: bool = False, model=None) -> None:
+    """Clear one-line errors (ValueError) for values that cannot work, before anything is built,
+    compiled or written; `build` calls it first. Where each input is checked: BUILD.md, "Bad
+    input".
+
+    `abstract` (the planner: shape-only, nothing loaded) skips what only a concrete run needs:
+    files that must exist and `require_checkpoint`. `model` ((LlavaConfig, tokenizer), the
+    planner's presets) replaces the config's model architecture fields, which are then not
+    checked here (`policy.llava_config` checks them when the planner uses them).
+    """
+    c, p = config, config.ppo
+    if c.task not in {n.removesuffix("-v0") for n in envs.GYMNAX_IDS.values()}:
+        raise ValueError(f"config.task {c.task!r} is not one of {list(envs.GYMNAX_IDS)}")
+    for name, known in NAMED.items():
+        value = _field(c, name, known[0])
+        if value not in known:
+            raise ValueError(f"config.{name} {value!r} is not one of {list(known)}")
+    for name, low in AT_LEAST.items():
+        value = _field(c, name, low)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"config.{name} must be an integer >= {low}, got {value!r}")
+    for name, (low, high) in RANGES.items():
+        value = _field(c, name, low or 0.0)
+        if not (isinstance(value, numbers.Real) and math.isfinite(value)
+                and (low is None or value >= low) and (high is None or value <= high)):
+            bound = {(True, True): "a finite number", (False, True): f">= {low}",
+                     (True, False): f"<= {high}"}.get((low is None, high is None),
+                                                     f"in [{low}, {high}]")
+            raise ValueError(f"config.{name} must be {bound}, got {value!r}")
+    if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1
+               for h in tuple(c.model.value_hidden)):
+        raise ValueError(f"config.model.value_hidden must be positive widths, got "
+                         f"{c.model.value_hidden!r}")
+
+    # Pictures: the env draws them at image_size; legible text needs a least size per task.
+    smallest = envs.TASKS[c.task].min_image_size()
+    if isinstance(c.image_size, bool) or not isinstance(c.image_size, numbers.Integral) \
+            or not smallest <= c.image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"config.image_size must be in [{smallest}, {MAX_IMAGE_SIZE}] for "
+                         f"{c.task} (its smallest text needs {smallest} px; the bound above is "
+                         f"the memory of the carried pictures), got {c.image_size!r}")
+
+    # Sampling and PPO.
     if p.iterations > 0:
+        buffer = p.num_envs * p.num_steps
         if buffer % p.minibatches:
             raise ValueError(f"ppo buffer num_envs*num_steps = {buffer} does not split into "
                              f"ppo.minibatches = {p.minibatches}")
         if (buffer // p.minibatches) % p.micro_batches:
             raise ValueError(f"ppo minibatch of {buffer // p.minibatches} does not split into "
                              f"ppo.micro_batches = {p.micro_batches}")
-        if p.temperature <= 0:
+        if not (math.isfinite(p.temperature) and p.temperature > 0):
             raise ValueError("ppo.temperature must be > 0 (log-probs are taken at it)")
-        if not 0.0 <= p.thought_lambda <= 1.0:
-            raise ValueError(f"ppo.thought_lambda must be in [0, 1], got {p.thought_lambda}")
-    if p.lora_rank < 0 or (p.lora_rank > 0 and p.lora_alpha <= 0):
-        raise ValueError("ppo.lora_rank must be >= 0 (0: full fine-tuning) and ppo.lora_alpha "
-                         "> 0 with adapters")
-    shape = mesh_shape(config)
+    if _field(c, "ppo.policy_loss", "ppo_clip") == "ppo_clip" and not p.clip_eps > 0:
+        raise ValueError(f"ppo.clip_eps must be > 0 with the ppo_clip loss, got {p.clip_eps}")
+    if _field(c, "ppo.value_loss", "clipped") == "clipped" and not p.value_clip_eps > 0:
+        raise ValueError(f"ppo.value_clip_eps must be > 0 with the clipped value loss, got "
+                         f"{p.value_clip_eps}")
+    if p.lora_rank > 0:
+        if not (math.isfinite(p.lora_alpha) and p.lora_alpha > 0):
+            raise ValueError("ppo.lora_rank must be >= 0 (0: full fine-tuning) and ppo.lora_alpha "
+                             "> 0 with adapters")
+        if not [t for t in str(p.lora_targets).split(",") if t.strip()]:
+            raise ValueError("ppo.lora_targets names no weights (ppo.lora_rank > 0)")
+    if c.eval.episodes > 0 and c.eval.max_steps < 1:
+        raise ValueError(f"config.eval.max_steps must be >= 1, got {c.eval.max_steps}")
+
+    # SFT.
+    sft_json = _field(c, "sft.json", "") or ""
+    if c.sft.steps > 0:
+        if c.sft.batch_size < 1 or c.sft.eval_samples < 1:
+            raise ValueError(f"sft.batch_size and sft.eval_samples must be >= 1, got "
+                             f"{c.sft.batch_size} and {c.sft.eval_samples}")
+        if not sft_json and c.sft.num_demos < 1:
+            raise ValueError(f"sft.num_demos must be >= 1, got {c.sft.num_demos}")
+        if not sft_json and c.sft.batch_size > c.sft.num_demos:
+            raise ValueError("sft.batch_size is larger than sft.num_demos")
+
+    # Devices.
+    shape = mesh_shape(c)
     if shape is not None:
         per = shape[0] * shape[1]
-        for name, n in (("ppo.num_envs", p.num_envs), ("eval.episodes", config.eval.episodes),
-                        ("sft.batch_size", config.sft.batch_size)):
+        for name, n in (("ppo.num_envs", p.num_envs), ("eval.episodes", c.eval.episodes),
+                        ("sft.batch_size", c.sft.batch_size)):
             if n and n % per:
                 raise ValueError(f"{name} = {n} does not divide over the mesh's data x fsdp = "
                                  f"{per} devices")
-    if not 0.0 <= config.sft.wrong_share <= 1.0:
-        raise ValueError(f"sft.wrong_share must be in [0, 1], got {config.sft.wrong_share}")
-    if config.sft.steps > 0 and config.sft.batch_size > config.sft.num_demos:
-        raise ValueError("sft.batch_size is larger than sft.num_demos")
+
+    # The model from the config's fields (no checkpoint, no planner preset).
+    checkpoint = c.model.checkpoint or ""
+    if model is None and not checkpoint:
+        _validate_architecture(c)
+
+    # Files and what only a concrete run needs.
+    if not abstract and c.get("require_checkpoint", False) and not checkpoint:
+        raise ValueError("this config needs a pretrained model (config.require_checkpoint): set "
+                         "--config.model.checkpoint=DIR, a transformers LLaVA directory; a model "
+                         "of its size drawn at random learns nothing and does not fit in memory")
+    if model is None:
+        _validate_files(c, abstract)
+    if not abstract and c.sft.steps > 0 and sft_json and not os.path.isfile(sft_json):
+        raise ValueError(f"config.sft.json {sft_json!r} is not a file")
+
+
+def _validate_architecture(c) -> None:
+    """The config's model section as an architecture (what `policy.llava_config` and the model
+    configs' `validate` would find only after the tokenizer is built)."""
+    m = c.model
+    if c.image_size % m.patch_size:
+        raise ValueError(f"config.image_size {c.image_size} is not a multiple of "
+                         f"config.model.patch_size {m.patch_size} (the vision tower cuts the "
+                         "picture into patches)")
+    if m.vision_hidden % m.vision_heads:
+        raise ValueError(f"config.model.vision_hidden {m.vision_hidden} is not divisible by "
+                         f"config.model.vision_heads {m.vision_heads}")
+    if m.text_hidden % m.text_heads:
+        raise ValueError(f"config.model.text_hidden {m.text_hidden} is not divisible by "
+                         f"config.model.text_heads {m.text_heads}")
+    if m.text_heads % m.text_kv_heads:
+        raise ValueError(f"config.model.text_heads {m.text_heads} is not divisible by "
+                         f"config.model.text_kv_heads {m.text_kv_heads} (grouped-query attention)")
+    if (m.text_hidden // m.text_heads) % 2:
+        raise ValueError(f"config.model.text_hidden / text_heads = "
+                         f"{m.text_hidden // m.text_heads} must be even (rotary embeddings)")
+    n = m.vision_layers
+    if not -(n + 1) <= m.vision_feature_layer <= n:
+        raise ValueError(f"config.model.vision_feature_layer {m.vision_feature_layer} is out of "
+                         f"range for {n} vision layers (-{n + 1}..{n})")
+    image_tokens = (c.image_size // m.patch_size) ** 2
+    if image_tokens + 1 + c.max_new_tokens > m.max_positions:
+        raise ValueError(f"{image_tokens} image tokens + max_new_tokens ({c.max_new_tokens}) "
+                         f"exceed the model's {m.max_positions} positions "
+                         "(config.model.max_positions) before any prompt text")
+
+
+def _validate_files(c, abstract: bool) -> None:
+    """The tokenizer and checkpoint directories the build reads (local paths)."""
+    checkpoint = c.model.checkpoint or ""
+    tok_path = c.tokenizer.path or ""
+    if tok_path and not os.path.isdir(tok_path):
+        raise ValueError(f"config.tokenizer.path {tok_path!r} is not a directory")
+    if tok_path and not any(os.path.isfile(os.path.join(tok_path, f)) for f in TOKENIZER_FILES):
+        raise ValueError(f"config.tokenizer.path {tok_path!r} holds no tokenizer (none of "
+                         f"{', '.join(TOKENIZER_FILES)})")
+    if not checkpoint:
+        return
+    if not os.path.isdir(checkpoint):
+        raise ValueError(f"config.model.checkpoint {checkpoint!r} is not a directory")
+    from rlvlm_jax.models import conversion
+
+    if abstract:
+        if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+            raise ValueError(f"config.model.checkpoint {checkpoint!r} has no config.json")
+    else:
+        conversion._checkpoint_files(checkpoint)  # config.json and every safetensors shard
+    if not tok_path and not any(os.path.isfile(os.path.join(checkpoint, f))
+                                for f in TOKENIZER_FILES):
+        raise ValueError(f"config.model.checkpoint {checkpoint!r} holds no tokenizer; set "
+                         "config.tokenizer.path")
+    cfg = conversion.load_hf_config(checkpoint)
+    if cfg.vision.image_size != c.image_size:
+        raise ValueError(f"the checkpoint's vision tower takes {cfg.vision.image_size} px; "
+                         f"config.image_size is {c.image_size}")
 
 
 def mesh_shape(config) -> tuple[int, int, int] | None:
@@ -288,23 +480,63 @@ def build(config, workdir: str | None = None, *, abstract: bool = False, model=N
           prompt_tokens: int | None = None, devices=None,
           xla_options: dict | None = None) -> Run:
     """Everything a run needs (see the module docstring). Raises ValueError on bad input before
-    anything is compiled.
+    anything is compiled, and before anything is written when `validate_config` can tell;
+    whatever it wrote into `workdir` (the card tokenizer, the directory itself) is removed again
+    when it fails.
 
     `model`: (LlavaConfig, tokenizer) instead of the config's model section and tokenizer (the
     planner's presets); `prompt_tokens` (an int or a function of the PromptEncoder) overrides
     the padded prompt length (shape planning without the model's own tokenizer); `devices` for
     the mesh (default: all); `xla_options` replaces `compiler_options(config)`.
     """
-    validate_config(config)
+    validate_config(config, abstract=abstract, model=model)
+    shape = mesh_shape(config)
+    if shape is not None:
+        n, have = math.prod(shape), len(jax.devices() if devices is None else devices)
+        if have < n:
+            raise ValueError(f"the mesh {config.mesh} needs {n} devices but this process has "
+                             f"{have}")
+    with undo_on_error(workdir if model is None else None):
+        return _build(config, workdir, abstract=abstract, model=model,
+                      prompt_tokens=prompt_tokens, devices=devices, xla_options=xla_options)
+
+
+@contextlib.contextmanager
+def undo_on_error(workdir: str | None):
+    """Removes what the block created in `workdir` when it raises: the directory itself (and the
+    parents it needed) when it did not exist, else the entries that are new. A run that fails
+    on its input leaves nothing behind (a half-made workdir would be taken for a run on the next
+    start). Only process 0 removes (the only writer)."""
+    if workdir is None:
+        yield
+        return
+    root = epath.Path(workdir)
+    existed = root.is_dir()
+    before = {e.name for e in root.iterdir()} if existed else set()
+    top = root  # the outermost directory the block may create (mkdir with parents)
+    while not existed and top.parent != top and not top.parent.exists():
+        top = top.parent
+    try:
+        yield
+    except Exception:
+        if jax.process_index() == 0 and top.is_dir():
+            for entry in ([top] if not existed else
+                          [e for e in root.iterdir() if e.name not in before]):
+                if entry.is_dir():
+                    entry.rmtree(missing_ok=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
+
+
+def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_options) -> Run:
     c = config
     pretrained = None
     if model is not None:
         cfg, tokenizer = model
     else:
         tokenizer = get_tokenizer(c.tokenizer, workdir, c.model.checkpoint)
-        if c.model.checkpoint and not abstract:
-            cfg, pretrained = policy_lib.load_pretrained(c.model, c.image_size, tokenizer)
-        elif c.model.checkpoint:
+        if c.model.checkpoint:  # the architecture only; the weights once the prompt fits
             from rlvlm_jax.models.conversion import load_hf_config
 
             cfg = load_hf_config(c.model.checkpoint)
@@ -322,6 +554,8 @@ def build(config, workdir: str | None = None, *, abstract: bool = False, model=N
         raise ValueError(f"prompt ({encoder.length}) + max_new_tokens ({c.max_new_tokens}) = "
                          f"{need} exceeds the model's {cfg.text.max_position_embeddings} "
                          "positions (model.max_positions)")
+    if model is None and c.model.checkpoint and not abstract:
+        cfg, pretrained = policy_lib.load_pretrained(c.model, c.image_size, tokenizer)
 
     lora_scale = lora_lib.scale_of(c.ppo.lora_rank, c.ppo.lora_alpha)
     holder = {}

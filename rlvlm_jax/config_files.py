@@ -1,11 +1,15 @@
-"""Experiment config files: loading one by path, configs that build on a sibling file, and
-`--config.a.b=v` overrides that name no field."""
+"""Experiment config files: loading one by path, configs that build on a sibling file,
+`--config.a.b=v` overrides that name no field, and the command lines' flag parsing (one-line
+errors instead of tracebacks)."""
 
 import importlib.util
 import os
+import re
+import sys
 from types import ModuleType
 
 import ml_collections
+from absl import flags
 
 
 def load_sibling(anchor_file: str, name: str) -> ModuleType:
@@ -47,3 +51,56 @@ def unknown_fields(config_path: str | None, argv: list[str]) -> list[str]:
                     break
                 node = node[part]
     return missing
+
+
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name V` or `--name=V` in `argv` (None when absent)."""
+    for i, a in enumerate(argv):
+        if a == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def flag_error(argv: list[str], error: BaseException) -> str:
+    """One line saying what is wrong with the command line `argv` (program name first), given
+    the exception its parsing raised."""
+    path = flag_value(argv[1:], "config")
+    missing = unknown_fields(path, argv[1:])
+    if missing:
+        return (f"the config has no field {', '.join(missing)} (from "
+                f"{', '.join('--config.' + m for m in missing)})")
+    text = " ".join(str(error).split())
+    required = re.match(r"flag --(\w+)=None: Flag --\1 must have a value other than None", text)
+    if required:
+        return f"--{required.group(1)} is required"
+    if isinstance(error, flags.Error):
+        return text
+    return f"cannot load config file {path!r}: {type(error).__name__}: {text}"
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues | None = None) -> list[str]:
+    """absl's flag parsing for `train` and `evaluate` (`app.run(..., flags_parser=parse_flags)`):
+    a config file that does not exist or does not load, an unknown `--config.a.b` field, a value
+    of the wrong type, a missing required flag, an unknown flag or a positional argument is one
+    line `error: ...` on stderr and exit code 2, not a traceback or the usage text. Returns the
+    arguments left over (the program name), like absl's."""
+    fv = flags.FLAGS if flag_values is None else flag_values
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        return fv(argv)  # absl prints the help and exits
+    path = flag_value(argv[1:], "config")
+    if path and not os.path.isfile(path.partition(":")[0]):
+        print(f"error: config file {path.partition(':')[0]!r} does not exist", file=sys.stderr)
+        sys.exit(2)
+    try:
+        rest = fv(argv)
+        if "config" in fv and fv["config"].value is not None:
+            _ = fv["config"].value.keys()  # a file that failed to load raises here
+    except Exception as e:  # noqa: BLE001 - every failure here is a bad command line
+        print(f"error: {flag_error(argv, e)}", file=sys.stderr)
+        sys.exit(2)
+    if len(rest) > 1:
+        print(f"error: unexpected arguments {rest[1:]} (flags are --name=value)", file=sys.stderr)
+        sys.exit(2)
+    return rest

@@ -34,9 +34,9 @@ from etils import epath
 from ml_collections import config_flags
 
 from rlvlm_jax import distributed as dist
-from rlvlm_jax.build import Run, build
+from rlvlm_jax.build import Run, build, undo_on_error
 from rlvlm_jax.checkpoints import Checkpointer
-from rlvlm_jax.rl import optimizer as optim
+from rlvlm_jax.config_files import parse_flags
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl import sft_data
 from rlvlm_jax.rl.rollout import summarize_evaluation
@@ -149,11 +149,9 @@ def run_sft(run: Run, out: Outputs, params, opt_state, start: int, meta: dict,
         params, opt_state, _ = sft_lib.train_sft(
             run.sft_step, params, opt_state, data, stop, c.sft.batch_size, run.keys.sft,
             start=step, eval_fn=eval_fn, eval_every=c.sft.eval_every, log_fn=log)
-        if not bool(optim.tree_finite(params)):
-            raise FloatingPointError(f"SFT produced non-finite params by step {stop}; the last "
-                                     "good checkpoint is kept")
         step = stop
         meta.update(stage="sft", sft_step=step, wall_seconds=time.time() - t_start)
+        # Raises FloatingPointError, writing nothing, unless params and opt state are finite.
         out.ckpt.save(step, {"params": params, "opt": opt_state}, meta)
     return params
 
@@ -211,6 +209,8 @@ def run_ppo(run: Run, out: Outputs, params, opt_state, carry, rng, ref_params, s
                   f"{ev['episodes']} episodes", flush=True)
         if step == p.iterations or (c.checkpoint_every and step % c.checkpoint_every == 0):
             meta.update(stage="ppo", ppo_iter=step, wall_seconds=time.time() - t_start)
+            # The loss and gradients were finite; the updated weights and moments must be too
+            # (an lr of NaN keeps the gradients finite): FloatingPointError, nothing written.
             out.ckpt.save(base + step,
                           run.ppo_state(params, opt_state, carry, rng, ref_params), meta)
         if interrupt_after is not None and step >= interrupt_after:
@@ -245,11 +245,16 @@ def train(config, workdir: str, *, run: Run | None = None,
 
     `run` reuses what an earlier `build` of the same config made (compiled functions; tests,
     sweeps); `interrupt_after` stops after that many PPO iterations, as a crash would (tests of
-    resume).
+    resume). Bad input raises ValueError before anything is written (`build.validate_config`);
+    what the build wrote before failing on input it could not check earlier is removed.
     """
-    if run is None:
-        run = build(config, workdir)
-    out = Outputs(config, workdir)
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--workdir {workdir} is a file, not a directory")
+    with undo_on_error(workdir):  # a run refused here (bad input) leaves its workdir as it was
+        if run is None:
+            run = build(config, workdir)
+        out = Outputs(config, workdir)  # config.json: written only once the build succeeded
     with run.mesh_context():
         return _train(run, out, interrupt_after)
 
@@ -259,12 +264,16 @@ def _train(run: Run, out: Outputs, interrupt_after: int | None) -> dict:
     c, workdir = run.config, out.workdir
     print(f"[setup] {c.task}: {run.num_params:,} params, prompt {run.encoder.length} tokens, "
           f"vocab {run.cfg.text.vocab_size}, workdir {workdir}", flush=True)
-    latest = out.ckpt.latest_step()
     meta = {"config": json.loads(c.to_json_best_effort())}
     params = jax.tree.map(jnp.copy, run.init_params)  # the compiled steps donate params
     stage, sft_done, ppo_done = "sft", 0, 0
-    if latest is not None:
-        meta = out.ckpt.read_meta(latest)
+    # The newest readable checkpoint: its meta (stage, counters) and arrays come from one step;
+    # unreadable newer steps are named in a warning and moved aside (this run rewrites them).
+    found = out.ckpt.restore_latest(lambda m: run.restore_target(m["stage"], params),
+                                    set_aside=True)
+    state = None
+    if found is not None:
+        latest, state, meta = found
         stage, sft_done, ppo_done = meta["stage"], meta.get("sft_step", 0), meta.get("ppo_iter", 0)
         print(f"[resume] checkpoint {latest}: stage {stage}, sft step {sft_done}, "
               f"ppo iteration {ppo_done}", flush=True)
@@ -272,20 +281,18 @@ def _train(run: Run, out: Outputs, interrupt_after: int | None) -> dict:
     results = meta.setdefault("results", {})
 
     if stage == "sft" and sft_done < c.sft.steps:
-        opt = run.sft_tx.init(params)
-        if latest is not None:
-            state, _ = out.ckpt.restore(run.restore_target("sft", params), latest)
+        if state is None:
+            opt = run.sft_tx.init(params)
+        else:
             params, opt = state["params"], state["opt"]
         params = run_sft(run, out, params, opt, sft_done, meta, t_start)
         sft_done = c.sft.steps
-    elif stage == "sft" and latest is not None:
-        state, _ = out.ckpt.restore(run.restore_target("sft", params), latest)
+    elif stage == "sft" and state is not None:
         params = state["params"]
 
     rng = jax.random.fold_in(run.keys.ppo, 0)
     carry = run.reset_envs(jax.random.fold_in(run.keys.ppo, 1))
     if stage == "ppo":
-        state, _ = out.ckpt.restore(run.restore_target("ppo", params), latest)
         params, opt, carry, rng, ref_params = run.unpack_ppo_state(state, carry)
     else:
         if "sft_eval" not in results and c.eval.episodes > 0:
@@ -326,11 +333,11 @@ def main(argv) -> int:
             if not dist.is_main():  # only process 0 logs; errors still reach stderr
                 sys.stdout = open(os.devnull, "w")
         train(config, _WORKDIR.value)
-    except (ValueError, FloatingPointError, FileNotFoundError) as e:
+    except (ValueError, FloatingPointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 
 
-if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+if __name__ == "__main__":  # bad flags: one line and exit code 2 (config_files.parse_flags)
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -21,6 +21,9 @@ OVERRIDES = ["--config.mesh=4,1,1", "--config.ppo.kl_coef=0.01", "--config.eval.
 CONFIG = os.path.join(ROOT, "experiments", "numberline_test.py")
 
 
+pytestmark = pytest.mark.slow  # three training processes (two together): minutes
+
+
 def _env(devices: int) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
