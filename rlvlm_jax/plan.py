@@ -41,21 +41,14 @@ import os
 import re
 import sys
 
+from rlvlm_jax.config_files import flag_error, flag_value  # imports no jax
+
 _REEXEC = "_RLVLM_PLAN_REEXEC"
-
-
-def _flag_value(argv: list[str], name: str) -> str | None:
-    for i, a in enumerate(argv):
-        if a == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(f"--{name}="):
-            return a.split("=", 1)[1]
-    return None
 
 
 def _prepare_environment(argv: list[str]) -> None:
     """Simulated CPU devices, as many as the mesh needs, before jax initialises a backend."""
-    mesh = _flag_value(argv, "mesh")
+    mesh = flag_value(argv, "mesh")
     try:
         n = 1
         for x in (mesh or "").split(","):
@@ -88,7 +81,6 @@ from ml_collections import config_flags
 from rlvlm_jax import devices as devices_lib
 from rlvlm_jax import planning
 from rlvlm_jax.build import Run, build, with_shardings
-from rlvlm_jax.config_files import unknown_fields
 from rlvlm_jax.models import presets
 from rlvlm_jax.planning.accounting import (
     _memory,
@@ -477,12 +469,7 @@ def main(argv: list[str]) -> int:
     try:
         fv(argv)
     except (flags.Error, KeyError, ValueError, AttributeError) as e:
-        missing = unknown_fields(_flag_value(argv[1:], "config"), argv[1:])
-        if missing:
-            print(f"error: the config has no field {', '.join(missing)} (from "
-                  f"{', '.join('--config.' + m for m in missing)})", file=sys.stderr)
-        else:
-            print(f"error: {e}", file=sys.stderr)
+        print(f"error: {flag_error(argv, e)}", file=sys.stderr)
         return 2
     for name in ("config", "mesh", "device"):
         if fv[name].value is None:

@@ -7,8 +7,8 @@
 Everything is built once before the loops by `rlvlm_jax.build.build` (the SFT step, the rollout:
 one `lax.scan` over env steps with sampling and parsing inside, the PPO update, the evaluation);
 the host loop here only calls them, logs and saves. Re-running with the same workdir resumes from
-the newest checkpoint (params, optimiser state, env states, RNG, counters) and continues exactly
-where it stopped.
+the newest readable checkpoint (params, optimiser state, env states, RNG, counters) and continues
+exactly where it stopped.
 Outputs in the workdir: tokenizer/, checkpoints/, tb/ (TensorBoard), config.json, results.json.
 """
 
