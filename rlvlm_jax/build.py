@@ -212,29 +212,15 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
 
 
 def _validate_architecture(c) -> None:
-    """The config's model section as an architecture (what `policy.llava_config` and the model
-    configs' `validate` would find only after the tokenizer is built)."""
+    """The config's model section as an architecture, checked by the model configs' own
+    `validate` before the tokenizer is built (the vocabulary is not known yet: any size fits)."""
     m = c.model
-    if c.image_size % m.patch_size:
-        raise ValueError(f"config.image_size {c.image_size} is not a multiple of "
-                         f"config.model.patch_size {m.patch_size} (the vision tower cuts the "
-                         "picture into patches)")
-    if m.vision_hidden % m.vision_heads:
-        raise ValueError(f"config.model.vision_hidden {m.vision_hidden} is not divisible by "
-                         f"config.model.vision_heads {m.vision_heads}")
-    if m.text_hidden % m.text_heads:
-        raise ValueError(f"config.model.text_hidden {m.text_hidden} is not divisible by "
-                         f"config.model.text_heads {m.text_heads}")
-    if m.text_heads % m.text_kv_heads:
-        raise ValueError(f"config.model.text_heads {m.text_heads} is not divisible by "
-                         f"config.model.text_kv_heads {m.text_kv_heads} (grouped-query attention)")
-    if (m.text_hidden // m.text_heads) % 2:
-        raise ValueError(f"config.model.text_hidden / text_heads = "
-                         f"{m.text_hidden // m.text_heads} must be even (rotary embeddings)")
-    n = m.vision_layers
-    if not -(n + 1) <= m.vision_feature_layer <= n:
-        raise ValueError(f"config.model.vision_feature_layer {m.vision_feature_layer} is out of "
-                         f"range for {n} vision layers (-{n + 1}..{n})")
+    cfg = policy_lib.architecture(m, c.image_size, max(int(m.vocab_size), 64))
+    try:
+        dataclasses.replace(cfg, image_token_id=0).validate()
+    except ValueError as e:
+        raise ValueError(f"config.model and config.image_size do not describe a model: {e}"
+                         ) from None
     image_tokens = (c.image_size // m.patch_size) ** 2
     if image_tokens + 1 + c.max_new_tokens > m.max_positions:
         raise ValueError(f"{image_tokens} image tokens + max_new_tokens ({c.max_new_tokens}) "

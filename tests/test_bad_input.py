@@ -78,11 +78,10 @@ BAD_VALUES = {
     # pictures and the architecture from the config's fields
     "image_small": ({"image_size": 28}, r"config.image_size must be in \[55, 1024\]"),
     "image_large": ({"image_size": 4200}, r"config.image_size must be in \[55, 1024\]"),
-    "image_patch": ({"image_size": 60}, "image_size 60 is not a multiple of "
-                                        "config.model.patch_size 14"),
-    "text_heads": ({"model.text_heads": 3}, "text_hidden 32 is not divisible by"),
-    "kv_heads": ({"model.text_kv_heads": 3}, "text_heads 2 is not divisible by"),
-    "feature_layer": ({"model.vision_feature_layer": 5}, "vision_feature_layer 5 is out of"),
+    "image_patch": ({"image_size": 60}, "image_size 60 is not a multiple of patch_size 14"),
+    "text_heads": ({"model.text_heads": 3}, "hidden_size 32 is not divisible by num_heads 3"),
+    "kv_heads": ({"model.text_kv_heads": 3}, "num_heads 2 is not divisible by num_kv_heads 3"),
+    "feature_layer": ({"model.vision_feature_layer": 5}, "vision_feature_layer 5 out of range"),
     "max_positions": ({"model.max_positions": 64}, "exceed the model's 64 positions"),
     # devices
     "mesh_text": ({"mesh": "a,b,c"}, "config.mesh must be 'data,fsdp,tensor' sizes"),

@@ -49,6 +49,31 @@ def load_pretrained(model, image_size: int, tokenizer):
     return cfg, params
 
 
+def architecture(m, image_size: int, vocab_size: int) -> LlavaConfig:
+    """The LlavaConfig the config's model section `m` describes (special token ids left at
+    their defaults); not validated."""
+    return LlavaConfig(
+        vision=VisionConfig(
+            hidden_size=m.vision_hidden,
+            intermediate_size=m.vision_mlp,
+            num_layers=m.vision_layers,
+            num_heads=m.vision_heads,
+            image_size=image_size,
+            patch_size=m.patch_size,
+        ),
+        text=TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=m.text_hidden,
+            intermediate_size=m.text_mlp,
+            num_layers=m.text_layers,
+            num_heads=m.text_heads,
+            num_kv_heads=m.text_kv_heads,
+            max_position_embeddings=m.max_positions,
+        ),
+        vision_feature_layer=m.vision_feature_layer,
+    )
+
+
 def llava_config(m, image_size: int, tokenizer) -> LlavaConfig:
     """LlavaConfig from the config's model section `m`, with the tokenizer's special ids; checks
     they match."""
@@ -59,26 +84,7 @@ def llava_config(m, image_size: int, tokenizer) -> LlavaConfig:
         )
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
         raise ValueError(f"tokenizer has no {IMAGE_TOKEN} token")
-    cfg = LlavaConfig(
-        vision=VisionConfig(
-            hidden_size=m.vision_hidden,
-            intermediate_size=m.vision_mlp,
-            num_layers=m.vision_layers,
-            num_heads=m.vision_heads,
-            image_size=image_size,
-            patch_size=m.patch_size,
-        ),
-        text=TextConfig(
-            vocab_size=vocab,
-            hidden_size=m.text_hidden,
-            intermediate_size=m.text_mlp,
-            num_layers=m.text_layers,
-            num_heads=m.text_heads,
-            num_kv_heads=m.text_kv_heads,
-            max_position_embeddings=m.max_positions,
-        ),
-        vision_feature_layer=m.vision_feature_layer,
-    )
+    cfg = architecture(m, image_size, vocab)
     cfg = dataclasses.replace(cfg, **model_token_ids(tokenizer))
     cfg.validate()
     return cfg

@@ -34,6 +34,7 @@ from rlvlm_jax.envs.parse import action_span, found_actions, parse_action
 from rlvlm_jax.envs.tasks import TASK_NAMES, TASKS
 from rlvlm_jax.text import byte_table as bt
 from rlvlm_jax.text.parse_device import make_action_parser, parse_tokens
+from tests.text.test_parse_device import _states  # env-like states, off-track formulas too
 
 N_TEXTS = 100_000  # byte path, per task (each parsed with both keys)
 N_SEQUENCES = 30_000  # token path, per task
@@ -62,30 +63,6 @@ PIECES = [
 
 
 # ------------------------------------------------------------------------------ text factory
-def _state(task, rng):
-    """Fields for `cot_demonstration`: any reachable-looking state, off-track formulas too."""
-    if task == "NumberLine":
-        pos, goal = rng.sample(range(6), 2)
-        return {"position": pos, "goal": goal}
-    if task == "Blackjack":
-        soft = rng.random() < 0.3
-        total = rng.randint(12, 21) if soft else rng.randint(4, 21)
-        return {"player_sum": total, "usable_ace": soft, "dealer_up_value": rng.randint(1, 10)}
-    n = 2 if task == "EZPoints" else 4
-    cards = [rng.randint(1, 13) for _ in range(n)]
-    actions = TASKS[task].action_strings
-    formula = []
-    if rng.random() < 0.6:  # a prefix of the oracle's own path
-        for _ in range(rng.randint(0, 6)):
-            nxt = actions[demonstrations.oracle_action(task, cards=cards, formula=formula)]
-            if nxt == "=":
-                break
-            formula.append(nxt)
-    else:  # random tokens and blanks
-        formula = [rng.choice(actions[:-1] + (" ",)) for _ in range(rng.randint(0, 6))]
-    return {"cards": cards, "formula": formula}
-
-
 def _answers(task):
     """Answers holding each action string (this task's and the others'), in several shapes."""
     out = []
@@ -109,7 +86,7 @@ def _bases(task, rng, n):
     out = []
     for _ in range(n):
         action = None if rng.random() < 0.5 else rng.randrange(TASKS[task].num_actions)
-        out.append(demonstrations.cot_demonstration(task, action=action, **_state(task, rng)))
+        out.append(demonstrations.cot_demonstration(task, action=action, **_states(task, rng)))
     out += [demonstrations.answer_only(task, a) for a in range(TASKS[task].num_actions)]
     return out + _answers(task)
 
