@@ -1,4 +1,5 @@
-"""The README's main job runs end to end (small config) and writes what it promises."""
+"""The tour of the environments (`python -m rlvlm_jax.tour`) runs end to end and writes what it
+promises."""
 
 import json
 import os
@@ -6,7 +7,7 @@ import subprocess
 import sys
 
 
-def test_demo_runs_and_writes_pictures_and_texts(tmp_path):
+def test_tour_runs_and_writes_pictures_and_texts(tmp_path):
     cmd = [
         sys.executable,
         "-m",
@@ -36,7 +37,7 @@ def test_demo_runs_and_writes_pictures_and_texts(tmp_path):
     assert (tmp_path / "NumberLine_episode.png").exists()
 
 
-def test_demo_rejects_unknown_task(tmp_path):
+def test_tour_rejects_unknown_task(tmp_path):
     cmd = [
         sys.executable,
         "-m",
