@@ -1,0 +1,75 @@
+"""Pretraining a tiny LLaVA that reads all four card tasks (the "LLaVA" the task runs start from).
+
+python -m rlvlm_jax.pretrain --config experiments/pretrain_tiny.py --workdir outputs/reader
+
+Captioning on pictures the environments draw: "<image>\ndescribe" -> the visible facts of the
+state in the words of the task demonstrations ("The cards are 7, K, 9 and 8. The formula is
+( 8 / . -"), trained with the SFT teacher-forced NLL plus an auxiliary reading head (captions
+alone never taught the formula; see rlvlm_jax/pretrain.py). One reader for all tasks: one 112 px
+picture size (Blackjack's cards need >= 101 px), patch 14 -> 64 image tokens (NumberLine's count
+today). The workdir becomes a transformers LLaVA directory (config.json, model.safetensors,
+tokenizer) plus reading.json; task runs start from it with
+--config.model.checkpoint=DIR --config.image_size=112.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.tasks = "NumberLine,EZPoints,Points24,Blackjack"  # tasks whose pictures are captioned
+    c.seed = 0  # every random draw (init, data, batches) derives from this
+    c.image_size = 112  # picture side of every task = vision tower input (task runs must match)
+    c.prompt = "describe"  # the user turn after <image> ("USER: <image>\ndescribe ASSISTANT:")
+    c.max_new_tokens = 48  # caption limit (the longest, Points24 with 21 formula tokens, is ~40)
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""  # a tokenizer directory; "" builds the card tokenizer into the workdir
+    c.tokenizer.vocab_size = 2048  # BPE merge budget when building (the corpus stops near 1.25k)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.vision_hidden = 64  # ViT width
+    c.model.vision_mlp = 256  # ViT MLP width
+    c.model.vision_layers = 2  # ViT depth
+    c.model.vision_heads = 4  # ViT attention heads
+    c.model.patch_size = 14  # 112 / 14 = 8 -> 64 image tokens
+    c.model.vision_feature_layer = -1  # ViT hidden state read (LLaVA: -2; -1 uses both layers)
+    c.model.text_hidden = 128  # decoder width
+    c.model.text_mlp = 512  # decoder SwiGLU width
+    c.model.text_layers = 2  # decoder depth
+    c.model.text_heads = 4  # query heads
+    c.model.text_kv_heads = 4  # key/value heads (GQA when fewer)
+    c.model.vocab_size = 0  # 0: the tokenizer's size rounded up to a multiple of 64
+    c.model.max_positions = 512  # RoPE context of the exported model (task prompts + answers)
+    c.model.value_hidden = (128,)  # value-head widths (unused here: not exported)
+    c.model.init_seed = 0  # parameter initialisation seed
+    c.model.init = "fan_in"  # "fan_in": N(0, 1/fan_in) (from scratch); "normal": N(0, 0.02)
+    c.model.pixels = "ink"  # "ink": (255 - x) / 255; task runs must use the same
+    c.model.dtype = "float32"  # compute dtype
+    c.model.param_dtype = "float32"  # stored and exported params
+    c.model.remat = False  # rematerialise layers in the backward pass (memory for compute)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.states_per_task = 16384  # training states per task (pictures drawn per batch)
+    c.data.explore = "0.3,1.0"  # random-action shares of the behaviour policies (equal parts)
+    c.data.weights = "1,2,3,2"  # batch share per task, in c.tasks order (harder tasks more)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1200  # optimiser steps (~0.42 s each on 2 idle cores)
+    c.train.batch_size = 64  # captions per step (split over the tasks by data.weights)
+    c.train.lr = 2e-3  # AdamW peak learning rate
+    c.train.warmup = 50  # linear warm-up steps, then cosine to lr / 10
+    c.train.weight_decay = 0.0  # AdamW decoupled weight decay
+    c.train.grad_clip = 1.0  # global-norm clipping
+    c.train.reading_head = 1.0  # weight of the auxiliary reading head's loss (0: captions only)
+    c.train.log_every = 100  # steps between console lines
+    c.train.eval_every = 400  # steps between quick reading checks (0: only at the end)
+    c.train.eval_quick = 64  # held-out states per task of a quick check
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.explore = 0.3  # random-action share of the held-out states (as the SFT data's)
+    c.eval.states_per_task = 512  # held-out states per task of the final reading evaluation
+    c.eval.batch_size = 256  # greedy captions per compiled call
+    c.fast_compile = False  # XLA optimisation level 0: compiles faster, runs slower (tests)
+    return c
