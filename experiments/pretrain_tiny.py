@@ -14,6 +14,8 @@ tokenizer) plus reading.json; task runs start from it with
 
 import ml_collections
 
+from rlvlm_jax.config_files import load_sibling
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
@@ -24,31 +26,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.prompt = "describe"  # the user turn after <image> ("USER: <image>\ndescribe ASSISTANT:")
     c.max_new_tokens = 48  # caption limit (the longest, Points24 with 21 formula tokens, is ~40)
 
-    c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.path = ""  # a tokenizer directory; "" builds the card tokenizer into the workdir
-    c.tokenizer.vocab_size = 2048  # BPE merge budget when building (the corpus stops near 1.25k)
-
-    c.model = ml_collections.ConfigDict()
-    c.model.vision_hidden = 64  # ViT width
-    c.model.vision_mlp = 256  # ViT MLP width
-    c.model.vision_layers = 2  # ViT depth
-    c.model.vision_heads = 4  # ViT attention heads
-    c.model.patch_size = 14  # 112 / 14 = 8 -> 64 image tokens
-    c.model.vision_feature_layer = -1  # ViT hidden state read (LLaVA: -2; -1 uses both layers)
-    c.model.text_hidden = 128  # decoder width
-    c.model.text_mlp = 512  # decoder SwiGLU width
-    c.model.text_layers = 2  # decoder depth
-    c.model.text_heads = 4  # query heads
-    c.model.text_kv_heads = 4  # key/value heads (GQA when fewer)
-    c.model.vocab_size = 0  # 0: the tokenizer's size rounded up to a multiple of 64
-    c.model.max_positions = 512  # RoPE context of the exported model (task prompts + answers)
-    c.model.value_hidden = (128,)  # value-head widths (unused here: not exported)
-    c.model.init_seed = 0  # parameter initialisation seed
-    c.model.init = "fan_in"  # "fan_in": N(0, 1/fan_in) (from scratch); "normal": N(0, 0.02)
-    c.model.pixels = "ink"  # "ink": (255 - x) / 255; task runs must use the same
-    c.model.dtype = "float32"  # compute dtype
-    c.model.param_dtype = "float32"  # stored and exported params
-    c.model.remat = False  # rematerialise layers in the backward pass (memory for compute)
+    # The task runs' tokenizer and model (experiments/numberline_tiny.py), with patches for 112 px.
+    task = load_sibling(__file__, "numberline_tiny.py").get_config()
+    c.tokenizer = task.tokenizer
+    c.model = task.model
+    c.model.patch_size = 14  # 112 / 14 = 8 -> 64 image tokens (NumberLine's count today)
 
     c.data = ml_collections.ConfigDict()
     c.data.states_per_task = 16384  # training states per task (pictures drawn per batch)
