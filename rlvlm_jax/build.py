@@ -201,7 +201,7 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
         _validate_architecture(c)
 
     # Files and what only a concrete run needs.
-    if not abstract and c.get("require_checkpoint", False) and not checkpoint:
+    if not abstract and c.require_checkpoint and not checkpoint:
         raise ValueError("this config needs a pretrained model (config.require_checkpoint): set "
                          "--config.model.checkpoint=DIR, a transformers LLaVA directory; a model "
                          "of its size drawn at random learns nothing and does not fit in memory")

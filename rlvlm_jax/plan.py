@@ -165,7 +165,7 @@ def model_source(config, preset: str | None = "auto", config_path: str | None = 
     from rlvlm_jax.models.conversion import config_from_hf
 
     m = config.model
-    tok_path = config.tokenizer.get("path", "") or ""
+    tok_path = config.tokenizer.path or ""
     ckpt = m.get("checkpoint", "") or ""
     own_tok = None
     for path in (tok_path, ckpt):

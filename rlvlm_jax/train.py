@@ -108,7 +108,7 @@ def decode(run: Run, tokens, length) -> str:
 def run_sft(run: Run, out: Outputs, params, opt_state, start: int, meta: dict,
             t_start: float):
     c = run.config
-    if c.sft.get("json"):  # LLaVA-format SFT data (e.g. RL4VLM's released files)
+    if c.sft.json:  # LLaVA-format SFT data (e.g. RL4VLM's released files)
         demos = sft_data.load_llava_json(c.sft.json, image_size=c.image_size)
         print(f"[sft] {len(demos)} records from {c.sft.json}", flush=True)
         data = sft_lib.encode_demonstrations(demos, run.encoder, run.tokenizer,
