@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.template = "llava_v1"  # the original prompts, byte for byte
     c.max_new_tokens = 256  # paper
     c.model.checkpoint = ""  # REQUIRED: an HF LLaVA-v1.6-Mistral-7B (SFT) directory
+    c.pretrain.enabled = False  # the tiny reader's recipe does not apply to a 7B model
     c.require_checkpoint = True  # a random 7B is useless and out of memory: refuse without one
     c.model.init = "normal"  # unused with a checkpoint
     c.model.pixels = "clip"  # CLIP mean/std, as the pretrained tower expects

@@ -10,6 +10,8 @@ from rlvlm_jax.config_files import load_sibling
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = load_sibling(__file__, "numberline_tiny.py").get_config(arg)
+    c.image_size = 56  # small pictures (NumberLine's text is legible at 56 px)
+    c.pretrain.enabled = False  # from random weights: no reader to build
     c.max_new_tokens = 72  # room for a whole demonstration (SFT encodes them)
     c.model.vision_hidden = 32  # ViT width
     c.model.vision_mlp = 64  # ViT MLP width

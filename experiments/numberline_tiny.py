@@ -1,22 +1,30 @@
-"""NumberLine from nothing on a 2-core CPU: SFT on half-wrong demonstrations, then PPO.
+"""NumberLine on a 2-core CPU, made the way RL4VLM is: a pretrained reader, SFT on half-wrong
+demonstrations, then PPO.
 
 python -m rlvlm_jax.train --config experiments/numberline_tiny.py --workdir outputs/nl_tiny
 python -m rlvlm_jax.train --config experiments/numberline_tiny.py:nocot ...  # no-CoT ablation
 
-A ~1M-parameter LLaVA (ViT 2x64 on 56 px, patch 7 -> 64 image tokens; decoder 2x128; the project's
-byte-level BPE card tokenizer). Deliberate differences from the paper, for CPU budget only: the
-"short" prompt template (the task name instead of the 150-token LLaVA system + task prompt, whose
-text is constant for NumberLine), 56 px pictures, and Adam at 3e-5 with 64 samples per update.
+A ~1M-parameter LLaVA (ViT 2x64 on 112 px, patch 14 -> 64 image tokens; decoder 2x128; the
+project's byte-level BPE card tokenizer). It starts from the tiny reader that `config.pretrain`
+(experiments/pretrain_tiny.py) describes: pretrained on first use (~9 min here) into the cache
+($RLVLM_CACHE, else ~/.cache/rlvlm_jax), reused by every later run, seed and task.
+`--config.pretrain.enabled=False` starts from random weights instead (the model then has to learn
+to read from the task alone: NumberLine does, the card tasks do not). Deliberate differences from
+the paper, for CPU budget only: the "short" prompt template (the task name instead of the
+150-token LLaVA system + task prompt, whose text is constant for NumberLine), 112 px pictures,
+and Adam at 3e-5 with 64 samples per update.
 """
 
 import ml_collections
+
+from rlvlm_jax.config_files import load_sibling
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "NumberLine"  # NumberLine, EZPoints, Points24 or Blackjack
     c.seed = 0  # every random draw (init, data, rollouts) derives from this
-    c.image_size = 56  # env picture side = vision tower input (no resize when equal)
+    c.image_size = 112  # env picture side = vision tower input (the reader's; Blackjack >= 101)
     c.cot = arg != "nocot"  # chain-of-thought responses (False: the action-only ablation)
     c.template = "short"  # prompt template: "llava_v1" (original bytes) or "short" (task name)
     c.max_new_tokens = 72  # sampling limit per response (NumberLine CoT answers are ~63 tokens)
@@ -30,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.vision_mlp = 256  # ViT MLP width
     c.model.vision_layers = 2  # ViT depth (LLaVA reads the second-to-last hidden state)
     c.model.vision_heads = 4  # ViT attention heads
-    c.model.patch_size = 7  # 56 / 7 = 8 -> 64 image tokens
+    c.model.patch_size = 14  # 112 / 14 = 8 -> 64 image tokens
     c.model.vision_feature_layer = -1  # ViT hidden state read (LLaVA: -2; -1 uses both layers)
     c.model.text_hidden = 128  # decoder width
     c.model.text_mlp = 512  # decoder SwiGLU width
@@ -43,10 +51,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.init_seed = 0  # parameter initialisation seed
     c.model.init = "fan_in"  # "fan_in": N(0, 1/fan_in) (from scratch); "normal": N(0, 0.02)
     c.model.pixels = "ink"  # "ink": (255 - x) / 255 (from scratch); "clip": CLIP mean/std
-    c.model.checkpoint = ""  # a transformers LLaVA directory to start from ("": from scratch)
+    c.model.checkpoint = ""  # a transformers LLaVA directory to start from ("": config.pretrain)
     c.model.dtype = "float32"  # compute dtype
     c.model.param_dtype = "float32"  # stored params (bfloat16 halves memory; fp32 Adam moments)
     c.model.remat = False  # rematerialise layers in the backward pass (memory for compute)
+
+    # The reader this run starts from when model.checkpoint is "" (built on first use, cached).
+    c.pretrain = load_sibling(__file__, "pretrain_tiny.py").recipe()
 
     c.sft = ml_collections.ConfigDict()
     c.sft.steps = 150  # supervised steps (0 skips SFT); reading appears near step 90

@@ -2,14 +2,18 @@
 
 python -m rlvlm_jax.pretrain --config experiments/pretrain_tiny.py --workdir outputs/reader
 
-Captioning on pictures the environments draw: "<image>\ndescribe" -> the visible facts of the
+Task runs do not need this command: their configs embed `recipe()` as `config.pretrain`, and
+`rlvlm_jax.train` builds the reader on first use into the cache ($RLVLM_CACHE, else
+~/.cache/rlvlm_jax) and reuses it afterwards. This command builds the same reader into a workdir
+of your choice (same recipe, tokenizer, model and picture size -> the same weights).
+
+Captioning on pictures the environments draw: "<image>\\ndescribe" -> the visible facts of the
 state in the words of the task demonstrations ("The cards are 7, K, 9 and 8. The formula is
 ( 8 / . -"), trained with the SFT teacher-forced NLL plus an auxiliary reading head (captions
 alone never taught the formula; see rlvlm_jax/pretrain.py). One reader for all tasks: one 112 px
-picture size (Blackjack's cards need >= 101 px), patch 14 -> 64 image tokens (NumberLine's count
-today). The workdir becomes a transformers LLaVA directory (config.json, model.safetensors,
-tokenizer) plus reading.json; task runs start from it with
---config.model.checkpoint=DIR --config.image_size=112.
+picture size (Blackjack's cards need >= 101 px), patch 14 -> 64 image tokens. The workdir
+becomes a transformers LLaVA directory (config.json, model.safetensors, tokenizer) plus
+reading.json; a task run starts from it with --config.model.checkpoint=DIR.
 """
 
 import ml_collections
@@ -17,20 +21,14 @@ import ml_collections
 from rlvlm_jax.config_files import load_sibling
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
+def recipe() -> ml_collections.ConfigDict:
+    """The pretraining recipe the task configs embed as `config.pretrain`."""
     c = ml_collections.ConfigDict()
+    c.enabled = True  # runs without model.checkpoint start from this reader (False: scratch)
     c.tasks = "NumberLine,EZPoints,Points24,Blackjack"  # tasks whose pictures are captioned
-    c.seed = 0  # every random draw (init, data, batches) derives from this
-    c.image_size = 112  # picture side of every task = vision tower input (task runs must match)
+    c.seed = 0  # every random draw of the reader (init, data, batches); not the task run's seed
     c.prompt = "describe"  # the user turn after <image> ("USER: <image>\ndescribe ASSISTANT:")
     c.max_new_tokens = 48  # caption limit (the longest, Points24 with 21 formula tokens, is ~40)
-
-    # The task runs' tokenizer and model (experiments/numberline_tiny.py), with patches for 112 px.
-    task = load_sibling(__file__, "numberline_tiny.py").get_config()
-    c.tokenizer = task.tokenizer
-    c.model = task.model
-    c.model.patch_size = 14  # 112 / 14 = 8 -> 64 image tokens (NumberLine's count today)
 
     c.data = ml_collections.ConfigDict()
     c.data.states_per_task = 16384  # training states per task (pictures drawn per batch)
@@ -53,5 +51,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.explore = 0.3  # random-action share of the held-out states (as the SFT data's)
     c.eval.states_per_task = 512  # held-out states per task of the final reading evaluation
     c.eval.batch_size = 256  # greedy captions per compiled call
-    c.fast_compile = False  # XLA optimisation level 0: compiles faster, runs slower (tests)
     return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The reader of experiments/numberline_tiny.py (every tiny task config shares it)."""
+    del arg
+    from rlvlm_jax.pretrain import reader_config
+
+    return reader_config(load_sibling(__file__, "numberline_tiny.py").get_config())

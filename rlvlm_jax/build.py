@@ -36,6 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rlvlm_jax.envs as envs
+from rlvlm_jax import pretrain as pretrain_lib
 from rlvlm_jax.rl import lora as lora_lib
 from rlvlm_jax.rl import losses
 from rlvlm_jax.rl import optimizer as optim
@@ -199,6 +200,8 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
     checkpoint = c.model.checkpoint or ""
     if model is None and not checkpoint:
         _validate_architecture(c)
+        if starts_from_reader(c):
+            _validate_recipe(c)
 
     # Files and what only a concrete run needs.
     if not abstract and c.require_checkpoint and not checkpoint:
@@ -228,6 +231,21 @@ def _validate_architecture(c) -> None:
                          "(config.model.max_positions) before any prompt text")
 
 
+def starts_from_reader(config) -> bool:
+    """Whether a run starts from the reader its `pretrain` recipe makes (no model.checkpoint)."""
+    return not config.model.checkpoint and "pretrain" in config and bool(config.pretrain.enabled)
+
+
+def _validate_recipe(c) -> None:
+    """The reader's recipe, before minutes of pretraining: its tasks, picture size and patches
+    (`pretrain.task_list`), and that it reads this run's task."""
+    names = pretrain_lib.task_list(pretrain_lib.reader_config(c))
+    if c.task not in names:
+        raise ValueError(f"config.pretrain.tasks {c.pretrain.tasks!r} does not include "
+                         f"{c.task}: the reader would not have seen its pictures; add it, or "
+                         "set config.pretrain.enabled=False to start from random weights")
+
+
 def _validate_files(c, abstract: bool) -> None:
     """The tokenizer and checkpoint directories the build reads (local paths)."""
     checkpoint = c.model.checkpoint or ""
@@ -248,14 +266,23 @@ def _validate_files(c, abstract: bool) -> None:
             raise ValueError(f"config.model.checkpoint {checkpoint!r} has no config.json")
     else:
         conversion._checkpoint_files(checkpoint)  # config.json and every safetensors shard
-    if not tok_path and not any(os.path.isfile(os.path.join(checkpoint, f))
-                                for f in TOKENIZER_FILES):
+    has_tokenizer = any(os.path.isfile(os.path.join(checkpoint, f)) for f in TOKENIZER_FILES)
+    if not tok_path and not has_tokenizer:
         raise ValueError(f"config.model.checkpoint {checkpoint!r} holds no tokenizer; set "
                          "config.tokenizer.path")
     cfg = conversion.load_hf_config(checkpoint)
     if cfg.vision.image_size != c.image_size:
         raise ValueError(f"the checkpoint's vision tower takes {cfg.vision.image_size} px; "
                          f"config.image_size is {c.image_size}")
+    if tok_path and has_tokenizer and not abstract:
+        from rlvlm_jax.text.tokenizer import load_tokenizer
+
+        ours, theirs = load_tokenizer(tok_path), load_tokenizer(checkpoint)
+        if ours.get_vocab() != theirs.get_vocab():
+            raise ValueError(f"config.tokenizer.path {tok_path!r} is not the tokenizer of "
+                             f"config.model.checkpoint {checkpoint!r} ({len(ours)} vs "
+                             f"{len(theirs)} tokens, or other ids): the checkpoint's embeddings "
+                             "belong to its own; leave tokenizer.path empty to use it")
 
 
 def mesh_shape(config) -> tuple[int, int, int] | None:

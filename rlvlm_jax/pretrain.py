@@ -42,15 +42,18 @@ tokenizer), so a task config starts from it with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -66,6 +69,8 @@ from rlvlm_jax.text.tokenizer import build_card_tokenizer, encode_prompts, load_
 
 READING_FILE = "reading.json"
 CONFIG_FILE = "pretrain_config.json"  # not config.json: that is the exported model's
+READER_VERSION = 1  # part of a cached reader's key: bump when this code changes what it makes
+RECIPE_FIELDS = ("tasks", "seed", "prompt", "max_new_tokens", "data", "train", "eval")
 
 
 # ------------------------------------------------------------------------------------ captions
@@ -572,6 +577,69 @@ def pretrain(config, workdir: str, log=_print) -> dict:
         f"(start a task from it: --config.model.checkpoint={workdir} "
         f"--config.image_size={c.image_size})")
     return results
+
+
+# ------------------------------------------------------------------------------------ cached
+def reader_config(task_config) -> ml_collections.ConfigDict:
+    """The pretraining config of a task config's `pretrain` recipe: the recipe's fields plus the
+    task's tokenizer, model and picture size, so the reader has exactly the architecture the
+    task run builds. The reader's initialisation follows the recipe's seed, not the task's, so
+    every seed of a task (and every task) shares one reader."""
+    recipe = task_config.pretrain
+    c = ml_collections.ConfigDict()
+    for name in RECIPE_FIELDS:
+        value = recipe[name]
+        c[name] = ml_collections.ConfigDict(value.to_dict()) \
+            if isinstance(value, ml_collections.ConfigDict) else value
+    c.image_size = task_config.image_size
+    c.tokenizer = ml_collections.ConfigDict(task_config.tokenizer.to_dict())
+    c.model = ml_collections.ConfigDict(task_config.model.to_dict())
+    c.model.checkpoint = ""
+    c.model.init_seed = recipe.seed
+    c.fast_compile = task_config.fast_compile
+    return c
+
+
+def cache_root() -> str:
+    """Where built readers are kept: $RLVLM_CACHE, else ~/.cache/rlvlm_jax."""
+    return os.environ.get("RLVLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "rlvlm_jax")
+
+
+def reader_path(task_config) -> str:
+    """The cache directory of the reader a task config's recipe makes: named by a hash of the
+    whole pretraining config and READER_VERSION, so any change to either makes a new one."""
+    c = reader_config(task_config)
+    text = json.dumps({"version": READER_VERSION, "config": c.to_dict()}, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return os.path.join(cache_root(), "readers", f"reader-{c.image_size}px-{digest}")
+
+
+def ensure_reader(task_config, log=_print) -> str:
+    """The path of the task config's reader, pretrained first if the cache does not hold it.
+
+    Built in a private directory and renamed into place, so an interrupted build leaves no
+    reader that looks complete, and of two processes building the same one, one copy stays."""
+    path = reader_path(task_config)
+    if os.path.isfile(os.path.join(path, READING_FILE)):
+        log(f"[pretrain] reusing the reader {path}")
+        return path
+    log(f"[pretrain] building the reader {path} (first use of this recipe; reused afterwards)")
+    partial = f"{path}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        pretrain(reader_config(task_config), partial, log)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    try:
+        os.rename(partial, path)
+    except OSError:  # another process finished the same reader first: keep one copy
+        if not os.path.isfile(os.path.join(path, READING_FILE)):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return path
 
 
 def main(argv) -> int:

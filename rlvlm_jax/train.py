@@ -34,7 +34,8 @@ from etils import epath
 from ml_collections import config_flags
 
 from rlvlm_jax import distributed as dist
-from rlvlm_jax.build import Run, build, undo_on_error
+from rlvlm_jax import pretrain
+from rlvlm_jax.build import Run, build, starts_from_reader, undo_on_error, validate_config
 from rlvlm_jax.checkpoints import Checkpointer
 from rlvlm_jax.config_files import parse_flags
 from rlvlm_jax.rl import sft as sft_lib
@@ -196,7 +197,7 @@ def run_ppo(run: Run, out: Outputs, params, opt_state, carry, rng, ref_params, s
         meta.setdefault("history", []).append(
             {"iteration": step, **{k: v for k, v in scalars.items() if k not in timing}})
         if step % c.log_every == 0 or step == p.iterations or it == start:
-            _log_samples(run, out, traj, base + step)
+            meta["history"][-1].update(_log_samples(run, out, traj, base + step))
             progress(step, {k: scalars[k] for k in ("success_rate", "episode_return",
                                                      "invalid_action_rate", "approx_kl",
                                                      "clip_frac", "value_loss")})
@@ -218,15 +219,18 @@ def run_ppo(run: Run, out: Outputs, params, opt_state, carry, rng, ref_params, s
     return params
 
 
-def _log_samples(run: Run, out: Outputs, traj, step: int) -> None:
-    """An observation with its generated text, a few text samples, reflection metrics."""
+def _log_samples(run: Run, out: Outputs, traj, step: int) -> dict:
+    """An observation with its generated text, and MAYE's reflection metrics of the first env
+    step's responses (returned for results.json's history)."""
     tokens, lengths, frames, reward, action = dist.to_host(
         (traj.tokens[0], traj.lengths[0], traj.frames[0, 0], traj.reward[0], traj.action[0]))
     texts = [decode(run, t, n) for t, n in zip(tokens, lengths, strict=True)]
     out.writer.image("ppo/observation", frames, step)
     out.writer.text("ppo/response", f"action {int(action[0])}, reward {float(reward[0])}\n"
                     + texts[0], step)
-    out.writer.scalars(step, reflection_metrics(texts, reward >= 0), "ppo/")
+    reflection = reflection_metrics(texts, reward >= 0)
+    out.writer.scalars(step, reflection, "ppo/")
+    return reflection
 
 
 def _final_eval(run: Run, out: Outputs, params, name: str, step: int) -> dict:
@@ -239,6 +243,16 @@ def _final_eval(run: Run, out: Outputs, params, name: str, step: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------ main
+def start_from_reader(config) -> None:
+    """With no model.checkpoint and `config.pretrain.enabled`: the reader of the config's recipe,
+    pretrained on first use and cached (`pretrain.ensure_reader`), becomes model.checkpoint, so
+    config.json names the weights the run started from."""
+    if not starts_from_reader(config):
+        return
+    validate_config(config)  # bad input is answered before minutes of pretraining
+    config.model.checkpoint = pretrain.ensure_reader(config)
+
+
 def train(config, workdir: str, *, run: Run | None = None,
           interrupt_after: int | None = None) -> dict:
     """Runs (or resumes) the whole job; returns the results also written to results.json.
@@ -251,6 +265,8 @@ def train(config, workdir: str, *, run: Run | None = None,
     path = epath.Path(workdir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--workdir {workdir} is a file, not a directory")
+    if run is None:
+        start_from_reader(config)  # writes only into the readers' cache
     with undo_on_error(workdir):  # a run refused here (bad input) leaves its workdir as it was
         if run is None:
             run = build(config, workdir)

@@ -233,3 +233,81 @@ def test_export_then_build_round_trips(tmp_path):
     assert config_to_hf(run.cfg) == config_to_hf(cfg)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.init_params["vlm"]),
                  jax.device_get(params["vlm"]))
+
+
+# ------------------------------------------------------------------------------------ cached
+def _task_with_recipe():
+    """numberline_test.py with its pretrain recipe switched on and shrunk to seconds."""
+    task = load(os.path.join(ROOT, "experiments", "numberline_test.py"))
+    r = tiny_config()
+    task.pretrain.enabled = True
+    for name in pretrain.RECIPE_FIELDS:
+        task.pretrain[name] = r[name]
+    return task
+
+
+def test_reader_is_built_on_first_use_then_reused(tmp_path, monkeypatch):
+    """A task config with a recipe and no checkpoint: the first run builds the reader into the
+    cache ($RLVLM_CACHE) and starts from it; the next run (another seed) reuses it unchanged;
+    another recipe is another reader; a failed build leaves nothing that looks complete."""
+    from rlvlm_jax.train import start_from_reader
+
+    monkeypatch.setenv("RLVLM_CACHE", str(tmp_path / "cache"))
+    task = _task_with_recipe()
+    lines = []
+    path = pretrain.ensure_reader(task, log=lines.append)
+    assert path.startswith(str(tmp_path / "cache")) and "building" in lines[0]
+    assert os.path.isfile(os.path.join(path, pretrain.READING_FILE))
+    stamp = os.path.getmtime(os.path.join(path, "model.safetensors"))
+
+    other_seed = _task_with_recipe()
+    other_seed.seed = 5  # the run's seed is not the reader's
+    start_from_reader(other_seed)
+    assert other_seed.model.checkpoint == path
+    assert os.path.getmtime(os.path.join(path, "model.safetensors")) == stamp
+    run = build(other_seed, str(tmp_path / "run"))  # starts from the cached weights
+    _, exported = load_hf_checkpoint(path)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.init_params["vlm"]), exported)
+
+    longer = _task_with_recipe()
+    longer.pretrain.train.steps = 3
+    assert pretrain.reader_path(longer) != path
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(pretrain, "pretrain", boom)
+    with pytest.raises(RuntimeError):
+        pretrain.ensure_reader(longer, log=lines.append)
+    assert sorted(os.listdir(os.path.dirname(path))) == [os.path.basename(path)]
+
+
+def test_recipe_and_checkpoint_mismatches_are_refused(tmp_path):
+    """A recipe that does not read the run's task, and a tokenizer.path that is not the
+    checkpoint's tokenizer: one-line errors before anything heavy runs."""
+    from rlvlm_jax.build import validate_config
+
+    task = _task_with_recipe()
+    task.pretrain.tasks = "Blackjack"
+    task.pretrain.data.weights = "1"
+    task.image_size = 112  # Blackjack's pictures need >= 101 px
+    with pytest.raises(ValueError, match="pretrain.tasks 'Blackjack' does not include "
+                                         "NumberLine"):
+        validate_config(task)
+
+    c = tiny_config()
+    build_card_tokenizer(str(tmp_path / "tok"), c.tokenizer.vocab_size)
+    tokenizer = pretrain.load_tokenizer(str(tmp_path / "tok"))
+    cfg = policy_lib.llava_config(c.model, c.image_size, tokenizer)
+    _, params = policy_lib.init_policy(cfg, c.model)
+    pretrain.export_reader(params, cfg, tokenizer, str(tmp_path / "reader"))
+    build_card_tokenizer(str(tmp_path / "small"), 400)
+    task = _task_config(str(tmp_path / "reader"))
+    task.tokenizer.path = str(tmp_path / "small")
+    with pytest.raises(ValueError, match="is not the tokenizer of config.model.checkpoint"):
+        validate_config(task)
+    task.tokenizer.path = str(tmp_path / "tok")  # the same tokenizer, another copy: fine
+    validate_config(task)
+    task.image_size = 112
+    with pytest.raises(ValueError, match="the checkpoint's vision tower takes 56 px"):
+        validate_config(task)
