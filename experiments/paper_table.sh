@@ -27,9 +27,11 @@ for task in NumberLine EZPoints Points24 Blackjack; do
     seeds --program rlvlm_jax.baselines.cnn_ppo --config "experiments/cnn_ppo.py:$task" \
         --workdir "$OUT/cnn_$task"
     for policy in random oracle; do
-        [[ -f $OUT/${policy}_$task/results.json ]] || python -m rlvlm_jax.baselines.policies \
-            --policy "$policy" --task "$task" --seed 0 --workdir "$OUT/${policy}_$task"
+        for ((seed = 0; seed < SEEDS; seed++)); do
+            dir=$OUT/${policy}_$task/seed_$seed
+            [[ -f $dir/results.json ]] || python -m rlvlm_jax.baselines.policies \
+                --policy "$policy" --task "$task" --seed "$seed" --workdir "$dir"
+        done
     done
 done
-python -m rlvlm_jax.report "$OUT"/*/seed_* "$OUT"/random_* "$OUT"/oracle_* --out "$OUT/report" \
-    --force
+python -m rlvlm_jax.report "$OUT"/*/seed_* --out "$OUT/report" --force

@@ -27,7 +27,7 @@ from rlvlm_jax.build import build, undo_on_error
 from rlvlm_jax.checkpoints import Checkpointer, CheckpointError
 from rlvlm_jax.config_files import parse_flags
 from rlvlm_jax.rl.rollout import summarize_evaluation
-from rlvlm_jax.train import _CONFIG, _WORKDIR, Outputs  # --config, --workdir defined there
+from rlvlm_jax.train import _CONFIG, _WORKDIR, Outputs, start_from_reader  # flags defined there
 
 
 def _define_flags():
@@ -59,6 +59,7 @@ def evaluate_checkpoint(config, workdir: str, episodes: int, temperature: float,
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.eval.episodes = episodes
+    start_from_reader(config)  # the model the run started from, as training resolved it
     with undo_on_error(workdir):  # what a refused evaluation wrote (a tokenizer) is removed
         run = build(config, workdir)
         out = Outputs(config, workdir)
