@@ -22,6 +22,17 @@ def load_sibling(anchor_file: str, name: str) -> ModuleType:
     return module
 
 
+def flatten(config: dict, prefix: str = "") -> dict:
+    """A config as JSON (nested dicts) -> {"a.b": value}: the dotted names overrides use."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def load(path: str) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file given as `path[:arg]`, as the --config flag reads it."""
     file, _, arg = path.partition(":")

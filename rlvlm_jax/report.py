@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rlvlm_jax.config_files import flatten
 from rlvlm_jax.envs.tasks import TASK_NAMES
 
 TASKS = TASK_NAMES  # table columns, in the paper's order
@@ -165,21 +166,11 @@ def _rows(run: RunRecord) -> list[tuple[str, str, tuple]]:
     ]
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _compared(run: RunRecord, ignore: frozenset, sft_stage: bool) -> dict:
     """Config fields that must match within a group (an SFT row ignores the PPO section). A
     checkpoint compares by its folder's name: a cached reader's name holds its recipe's hash,
     while the cache's location differs between machines."""
-    flat = {k: v for k, v in _flatten(run.config).items()
+    flat = {k: v for k, v in flatten(run.config).items()
             if k not in ignore and not (sft_stage and k.startswith("ppo."))}
     if flat.get("model.checkpoint"):
         flat["model.checkpoint"] = os.path.basename(os.path.normpath(flat["model.checkpoint"]))
@@ -293,7 +284,7 @@ def _dedupe(label, task, entries, sft_stage, warn):
     kept = []
     for same in by_seed.values():
         if len(same) > 1:
-            ppo = {json.dumps({k: v for k, v in _flatten(r.config).items()
+            ppo = {json.dumps({k: v for k, v in flatten(r.config).items()
                                if k.startswith("ppo.") and k not in IGNORED_KEYS},
                               sort_keys=True)
                    for r, _ in same}

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from rlvlm_jax import envs
-from rlvlm_jax.config_files import parse_flags
+from rlvlm_jax.config_files import flatten, parse_flags
 from rlvlm_jax.rl.rollout import summarize_evaluation
 
 POLICIES = ("random", "oracle")
@@ -123,16 +123,6 @@ def oracle_policy(env, env_params) -> ActFn:
 
 
 # ------------------------------------------------------------------------------------ outputs
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_workdir(workdir: str, config: dict) -> dict | None:
     """The finished results of this very config in `workdir` (None: nothing there yet).
 
@@ -152,7 +142,7 @@ def check_workdir(workdir: str, config: dict) -> dict | None:
         old = {}
     new = json.loads(json.dumps(config))  # tuples -> lists, as read back from the file
     if old != new:
-        a, b = _flat(old), _flat(new)
+        a, b = flatten(old), flatten(new)
         diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         raise ValueError(f"{workdir} already holds results.json of a different config (differs "
                          f"in {', '.join(diff[:6])}{', ...' if len(diff) > 6 else ''}); use a "
