@@ -17,5 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft.num_demos = 8192  # more distinct states than NumberLine
     c.sft.steps = 300  # card values and formulas take longer to learn
     c.ppo.num_steps = 4  # episodes last ~4 steps
+    c.ppo.iterations = 60  # success levels off after ~30 iterations
+    c.eval.every = 30  # PPO iterations between evaluations
     c.eval.max_steps = 12  # formulas are cut after a few tokens
     return c
