@@ -639,6 +639,7 @@ def ensure_reader(task_config, log=_print) -> str:
         if not os.path.isfile(os.path.join(path, READING_FILE)):
             raise
         shutil.rmtree(partial, ignore_errors=True)
+    log(f"[pretrain] the reader is {path}")
     return path
 
 

@@ -257,6 +257,7 @@ def test_reader_is_built_on_first_use_then_reused(tmp_path, monkeypatch):
     lines = []
     path = pretrain.ensure_reader(task, log=lines.append)
     assert path.startswith(str(tmp_path / "cache")) and "building" in lines[0]
+    assert lines[-1] == f"[pretrain] the reader is {path}"  # not the private build folder
     assert os.path.isfile(os.path.join(path, pretrain.READING_FILE))
     stamp = os.path.getmtime(os.path.join(path, "model.safetensors"))
 
