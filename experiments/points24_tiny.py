@@ -10,7 +10,11 @@ demonstrations deliberately wrong and 600 SFT steps, the SFT policy answered 40%
 states with the oracle's action, stated the cards and formula right in 75%, and finished no
 formula (0.0% of 500 episodes); PPO found no success in its first 15 iterations (stopped). A
 wrong demonstration puts the formula off track, after which every demonstration of that episode
-says "=", so this recipe trains on the oracle's actions only, for longer.
+says "=", so this recipe trains on the oracle's actions only, for longer. Measured with it (seed
+0, 15.5 min): facts right in 89% of held-out answers, the oracle's action in 59%; SFT 0.8% ->
+PPO 1.4% at iteration 30 -> 0.6% at 40 (500 episodes each): a formula needs ~8 right tokens in a
+row, and PPO's 256 env steps per iteration saw almost no success to learn from. Far below the
+oracle's 73% (the solvable share); the paper's RL4VLM: 2.3%.
 """
 
 import ml_collections

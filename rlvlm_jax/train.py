@@ -197,7 +197,10 @@ def run_ppo(run: Run, out: Outputs, params, opt_state, carry, rng, ref_params, s
         meta.setdefault("history", []).append(
             {"iteration": step, **{k: v for k, v in scalars.items() if k not in timing}})
         if step % c.log_every == 0 or step == p.iterations or it == start:
-            meta["history"][-1].update(_log_samples(run, out, traj, base + step))
+            # Undefined ratios (no reflective answer, say) are NaN: stored as null, so results.json
+            # stays JSON and a resumed run's history compares equal.
+            meta["history"][-1].update({k: v if np.isfinite(v) else None for k, v in
+                                        _log_samples(run, out, traj, base + step).items()})
             progress(step, {k: scalars[k] for k in ("success_rate", "episode_return",
                                                      "invalid_action_rate", "approx_kl",
                                                      "clip_frac", "value_loss")})
