@@ -17,6 +17,20 @@ from tests.rl.test_sft import ROOT, load_config
 TIMING = ("wall_seconds", "eval_seconds")
 
 
+def assert_histories_close(a: list, b: list, rtol: float, atol: float) -> None:
+    """results.json histories: the same keys per iteration, values within tolerance, and
+    undefined values (null, e.g. a reflection ratio without reflective answers) in the same
+    places."""
+    assert len(a) == len(b)
+    for ha, hb in zip(a, b, strict=True):
+        assert ha.keys() == hb.keys()
+        for k in ha:
+            if ha[k] is None or hb[k] is None:
+                assert ha[k] is None and hb[k] is None, k
+            else:
+                np.testing.assert_allclose(hb[k], ha[k], rtol=rtol, atol=atol, err_msg=k)
+
+
 def small_config(tok_dir):
     c = load_config()
     c.tokenizer.path = tok_dir
@@ -52,10 +66,7 @@ def test_resumed_run_equals_uninterrupted(runs):
     c, run, full_dir, full, part_dir, resumed = runs
     assert len(full["history"]) == c.ppo.iterations
     assert [h["iteration"] for h in resumed["history"]] == [1, 2, 3]
-    for a, b in zip(full["history"], resumed["history"], strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=0, err_msg=k)
+    assert_histories_close(full["history"], resumed["history"], rtol=0, atol=0)
     last = c.sft.steps + c.ppo.iterations
     s_full, _ = _params(run, full_dir, last)
     s_part, _ = _params(run, part_dir, last)
