@@ -1,41 +1,14 @@
 """TensorBoard output through tensorboardX (no TensorFlow) and a one-line console progress.
 
 `Writer` takes host floats; it never blocks the device beyond the `device_get` the caller does.
-MAYE's reflection metrics are computed here from response texts (word-boundary matching).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 
 import numpy as np
-
-REFLECTION_WORDS = (
-    "re-check", "re-evaluate", "re-examine", "re-think", "recheck", "reevaluate", "reexamine",
-    "reevaluation", "rethink", "check again", "think again", "try again", "verify", "wait", "yet",
-)
-_REFLECTION = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b",
-                         re.IGNORECASE)
-
-
-def reflection_metrics(texts, correct) -> dict[str, float]:
-    """MAYE's five reflection ratios over responses and their correctness (nan when undefined)."""
-    refl = np.asarray([bool(_REFLECTION.search(t)) for t in texts])
-    ok = np.asarray(correct, bool)
-    n, n_ref, n_pos, n_ref_pos = len(texts), refl.sum(), ok.sum(), (refl & ok).sum()
-
-    def ratio(a, b):
-        return float(a / b) if b else float("nan")
-
-    return {
-        "reflection_ratio": ratio(n_ref, n),
-        "reflection_in_correct": ratio(n_ref_pos, n_pos),
-        "reflection_in_incorrect": ratio(n_ref - n_ref_pos, n - n_pos),
-        "correct_among_reflective": ratio(n_ref_pos, n_ref),
-        "correct_among_nonreflective": ratio(n_pos - n_ref_pos, n - n_ref),
-    }
 
 
 class Writer:

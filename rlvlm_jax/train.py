@@ -40,8 +40,9 @@ from rlvlm_jax.checkpoints import Checkpointer
 from rlvlm_jax.config_files import parse_flags
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl import sft_data
+from rlvlm_jax.rl.metrics import reflection_metrics
 from rlvlm_jax.rl.rollout import summarize_evaluation
-from rlvlm_jax.tensorboard import Progress, Writer, reflection_metrics
+from rlvlm_jax.tensorboard import Progress, Writer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file", lock_config=True
