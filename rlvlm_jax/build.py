@@ -37,11 +37,14 @@ from jax.sharding import PartitionSpec as P
 
 import rlvlm_jax.envs as envs
 from rlvlm_jax import pretrain as pretrain_lib
+from rlvlm_jax.data import card_suite
+from rlvlm_jax.rl import advantages as adv_lib
 from rlvlm_jax.rl import lora as lora_lib
-from rlvlm_jax.rl import losses
+from rlvlm_jax.rl import losses, single_turn
 from rlvlm_jax.rl import optimizer as optim
 from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.rl import ppo as ppo_lib
+from rlvlm_jax.rl import rewards as rewards_lib
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl.rollout import Actor, EnvCarry
 from rlvlm_jax.sharding import BATCH, make_mesh, param_shardings
@@ -121,6 +124,16 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
     c, p = config, config.ppo
     if c.task not in {n.removesuffix("-v0") for n in envs.GYMNAX_IDS.values()}:
         raise ValueError(f"config.task {c.task!r} is not one of {list(envs.GYMNAX_IDS)}")
+    _check_fields(c)
+    if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1
+               for h in tuple(c.model.value_hidden)):
+        raise ValueError(f"config.model.value_hidden must be positive widths, got "
+                         f"{c.model.value_hidden!r}")
+    _check_rest(c, p, abstract, model)
+
+
+def _check_fields(c) -> None:
+    """The tables above: named choices, counts and ranges (a field the config lacks passes)."""
     for name, known in NAMED.items():
         value = _field(c, name, known[0])
         if value not in known:
@@ -137,11 +150,9 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
                      (True, False): f"<= {high}"}.get((low is None, high is None),
                                                      f"in [{low}, {high}]")
             raise ValueError(f"config.{name} must be {bound}, got {value!r}")
-    if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1
-               for h in tuple(c.model.value_hidden)):
-        raise ValueError(f"config.model.value_hidden must be positive widths, got "
-                         f"{c.model.value_hidden!r}")
 
+
+def _check_rest(c, p, abstract: bool, model) -> None:
     # Pictures: the env draws them at image_size; legible text needs a least size per task.
     smallest = envs.TASKS[c.task].min_image_size()
     if isinstance(c.image_size, bool) or not isinstance(c.image_size, numbers.Integral) \
@@ -236,14 +247,15 @@ def starts_from_reader(config) -> bool:
     return not config.model.checkpoint and "pretrain" in config and bool(config.pretrain.enabled)
 
 
-def _validate_recipe(c) -> None:
+def _validate_recipe(c, tasks: tuple[str, ...] | None = None) -> None:
     """The reader's recipe, before minutes of pretraining: its tasks, picture size and patches
-    (`pretrain.task_list`), and that it reads this run's task."""
+    (`pretrain.task_list`), and that it reads this run's task (or `tasks`)."""
     names = pretrain_lib.task_list(pretrain_lib.reader_config(c))
-    if c.task not in names:
-        raise ValueError(f"config.pretrain.tasks {c.pretrain.tasks!r} does not include "
-                         f"{c.task}: the reader would not have seen its pictures; add it, or "
-                         "set config.pretrain.enabled=False to start from random weights")
+    for task in (c.task,) if tasks is None else tasks:
+        if task not in names:
+            raise ValueError(f"config.pretrain.tasks {c.pretrain.tasks!r} does not include "
+                             f"{task}: the reader would not have seen its pictures; add it, "
+                             "or set config.pretrain.enabled=False to start from random weights")
 
 
 def _validate_files(c, abstract: bool) -> None:
@@ -542,35 +554,33 @@ def undo_on_error(workdir: str | None):
         raise
 
 
-def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_options) -> Run:
-    c = config
-    pretrained = None
+def _tokenizer_and_architecture(c, workdir, model):
+    """(LlavaConfig, tokenizer): the planner's preset, the checkpoint's architecture (weights
+    are loaded once the prompt is known to fit), or the config's model section."""
     if model is not None:
         cfg, tokenizer = model
-    else:
-        tokenizer = get_tokenizer(c.tokenizer, workdir, c.model.checkpoint)
-        if c.model.checkpoint:  # the architecture only; the weights once the prompt fits
-            from rlvlm_jax.models.conversion import load_hf_config
+        return cfg, tokenizer
+    tokenizer = get_tokenizer(c.tokenizer, workdir, c.model.checkpoint)
+    if c.model.checkpoint:
+        from rlvlm_jax.models.conversion import load_hf_config
 
-            cfg = load_hf_config(c.model.checkpoint)
-        else:
-            cfg = policy_lib.llava_config(c.model, c.image_size, tokenizer)
-    bootstrap = not c.ppo.truncation_as_termination
-    env, env_params = envs.make(c.task, image_size=c.image_size, final_observation=bootstrap)
-    max_formula = getattr(env, "max_tokens", -1) + 1
-    encoder = PromptEncoder(tokenizer, c.task, c.cot, c.template, cfg.num_image_tokens,
-                            max_formula=max_formula)
-    if prompt_tokens:  # an int, or a function of the encoder (the planner's estimate)
-        encoder.length = int(prompt_tokens(encoder) if callable(prompt_tokens) else prompt_tokens)
-    need = encoder.length + c.max_new_tokens
+        return load_hf_config(c.model.checkpoint), tokenizer
+    return policy_lib.llava_config(c.model, c.image_size, tokenizer), tokenizer
+
+
+def _check_positions(cfg, prompt_length: int, max_new_tokens: int) -> None:
+    need = prompt_length + max_new_tokens
     if need > cfg.text.max_position_embeddings:
-        raise ValueError(f"prompt ({encoder.length}) + max_new_tokens ({c.max_new_tokens}) = "
+        raise ValueError(f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) = "
                          f"{need} exceeds the model's {cfg.text.max_position_embeddings} "
                          "positions (model.max_positions)")
+
+
+def _policy_on_mesh(c, cfg, tokenizer, *, abstract, model, devices, lora_scale):
+    """(cfg, Policy, params, shapes, mesh): weights loaded or drawn, placed by the rule table."""
+    pretrained = None
     if model is None and c.model.checkpoint and not abstract:
         cfg, pretrained = policy_lib.load_pretrained(c.model, c.image_size, tokenizer)
-
-    lora_scale = lora_lib.scale_of(c.ppo.lora_rank, c.ppo.lora_alpha)
     holder = {}
 
     def init():
@@ -583,7 +593,6 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
     else:
         params = init()
         shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    policy = holder["policy"]
     shape = mesh_shape(c)
     mesh = None
     if shape is not None:
@@ -598,6 +607,23 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
             shapes, {k: param_shardings(v, mesh) for k, v in shapes.items()})
     elif mesh is not None:
         params = {k: jax.device_put(v, param_shardings(v, mesh)) for k, v in params.items()}
+    return cfg, holder["policy"], params, shapes, mesh
+
+
+def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_options) -> Run:
+    c = config
+    cfg, tokenizer = _tokenizer_and_architecture(c, workdir, model)
+    bootstrap = not c.ppo.truncation_as_termination
+    env, env_params = envs.make(c.task, image_size=c.image_size, final_observation=bootstrap)
+    max_formula = getattr(env, "max_tokens", -1) + 1
+    encoder = PromptEncoder(tokenizer, c.task, c.cot, c.template, cfg.num_image_tokens,
+                            max_formula=max_formula)
+    if prompt_tokens:  # an int, or a function of the encoder (the planner's estimate)
+        encoder.length = int(prompt_tokens(encoder) if callable(prompt_tokens) else prompt_tokens)
+    _check_positions(cfg, encoder.length, c.max_new_tokens)
+    cfg, policy, params, shapes, mesh = _policy_on_mesh(
+        c, cfg, tokenizer, abstract=abstract, model=model, devices=devices,
+        lora_scale=lora_lib.scale_of(c.ppo.lora_rank, c.ppo.lora_alpha))
 
     xla = compiler_options(c) if xla_options is None else xla_options
     keys = Keys(*jax.random.split(jax.random.key(c.seed), 5))
@@ -627,3 +653,146 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
                                               "tokens": jnp.sum(traj.lengths)}),
         evaluate_fn=actor.make_evaluate(c.eval.episodes, c.eval.max_steps, xla),
     )
+
+
+# ------------------------------------------------------------------------ the single-turn run
+# MAYE's setting (rl/single_turn.py): the same tokenizer, policy, mesh and optimiser code as the
+# card-task run above, with problems instead of an environment and no critic.
+SINGLE_TURN_NAMED = {
+    "rl.algorithm": tuple(adv_lib.ADVANTAGE_ESTIMATORS),
+    "rl.policy_loss": tuple(losses.POLICY_LOSSES),
+    "rl.kl_estimator": tuple(losses.KL_ESTIMATORS),
+    "data.reward": tuple(rewards_lib.REWARD_CHECKERS),
+}
+SINGLE_TURN_AT_LEAST = {
+    "rl.epochs": 0, "rl.iterations_per_epoch": 1, "rl.prompts_per_batch": 1, "rl.group_size": 1,
+    "rl.minibatches": 1, "rl.update_epochs": 1, "rl.warmup": 0, "data.train_size": 1,
+    "data.eval_size": 1, "eval.pass_k": 1, "eval.batch_size": 1, "prompt_length": 0,
+}
+SINGLE_TURN_RANGES = {
+    "rl.lr": (0.0, None), "rl.lr_end": (0.0, None), "rl.weight_decay": (0.0, None),
+    "rl.grad_clip": (0.0, None), "rl.clip_eps": (0.0, None), "rl.kl_loss_coef": (0.0, None),
+    "rl.kl_reward_coef": (0.0, None), "rl.ent_coef": (None, None), "rl.temperature": (0.0, None),
+    "rl.no_eos_penalty": (None, None),
+}
+
+
+def validate_single_turn(config) -> None:
+    """Clear one-line errors for a single-turn config, before anything is built or written."""
+    c, r = config, config.rl
+    _check_fields(c)
+    for table, check in ((SINGLE_TURN_NAMED, "named"), (SINGLE_TURN_AT_LEAST, "count"),
+                         (SINGLE_TURN_RANGES, "range")):
+        for name, rule in table.items():
+            value = _field(c, name)
+            if value is None:
+                raise ValueError(f"config.{name} is missing (see experiments/suite_tiny.py)")
+            if check == "named" and value not in rule:
+                raise ValueError(f"config.{name} {value!r} is not one of {list(rule)}")
+            if check == "count" and (isinstance(value, bool)
+                                     or not isinstance(value, numbers.Integral) or value < rule):
+                raise ValueError(f"config.{name} must be an integer >= {rule}, got {value!r}")
+            if check == "range" and not (isinstance(value, numbers.Real)
+                                         and math.isfinite(value)
+                                         and (rule[0] is None or value >= rule[0])
+                                         and (rule[1] is None or value <= rule[1])):
+                raise ValueError(f"config.{name} must be in {rule}, got {value!r}")
+    adv_lib.check_groups(r.prompts_per_batch * r.group_size, r.group_size)
+    batch = r.prompts_per_batch * r.group_size
+    if batch % r.minibatches:
+        raise ValueError(f"rl.prompts_per_batch * rl.group_size = {batch} responses do not "
+                         f"split into rl.minibatches = {r.minibatches}")
+    if r.algorithm in ("grpo", "rloo") and r.group_size < 2:
+        raise ValueError(f"rl.algorithm {r.algorithm!r} compares samples of one prompt: "
+                         f"rl.group_size must be >= 2, got {r.group_size}")
+    if not r.temperature > 0:
+        raise ValueError("rl.temperature must be > 0 (log-probs are taken at 1.0)")
+    for split in ("train", "validation", "test"):
+        source = str(c.data[split])
+        if source != "suite" and not os.path.isfile(source):
+            raise ValueError(f"config.data.{split} {source!r} is neither 'suite' (the generated "
+                             "card suite) nor a JSONL file")
+    kinds = suite_kinds(c)
+    if any(str(c.data[s]) == "suite" for s in ("train", "validation", "test")):
+        unknown = [k for k in kinds if k not in card_suite.KINDS]
+        if not kinds or unknown:
+            raise ValueError(f"config.data.suite_kinds {c.data.suite_kinds!r}: unknown "
+                             f"{unknown or 'none given'}; known: {list(card_suite.KINDS)}")
+    checkpoint = c.model.checkpoint or ""
+    if not checkpoint:
+        _validate_architecture(c)
+        if starts_from_reader(c):
+            _validate_recipe(c, tuple(sorted({card_suite.KINDS[k].task for k in kinds})))
+    _validate_files(c, abstract=False)
+
+
+def suite_kinds(config) -> list[str]:
+    """config.data.suite_kinds ("a,b") as a list."""
+    return [k.strip() for k in str(config.data.suite_kinds).split(",") if k.strip()]
+
+
+@dataclasses.dataclass
+class SingleTurnRun:
+    """Everything built once for a single-turn run (see `rl.single_turn`)."""
+
+    config: Any
+    tokenizer: Any
+    cfg: Any  # LlavaConfig
+    policy: policy_lib.Policy
+    init_params: dict
+    mesh: Any
+    keys: Keys
+    sft_tx: Any
+    sft_step: Any  # (params, opt, data, idx) -> (params, opt, metrics)
+    rl_tx: Any
+    stages: Any  # rl.single_turn.SingleTurn: collect, trajectory, update
+
+    @property
+    def num_params(self) -> int:
+        return policy_lib.count_params(self.init_params)
+
+    @property
+    def keeps_reference(self) -> bool:
+        return self.config.rl.kl_loss_coef > 0 or self.config.rl.kl_reward_coef > 0
+
+    def mesh_context(self):
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+    def restore_target(self, stage: str, params=None):
+        params = self.init_params if params is None else params
+        if stage == "sft":
+            return {"params": params, "opt": self.sft_tx.init(params)}
+        if stage != "rl":
+            raise ValueError(f"unknown checkpoint stage {stage!r}; known: sft, rl")
+        state = {"params": params, "opt": self.rl_tx.init(params)}
+        if self.keeps_reference:
+            state["ref_params"] = params
+        return state
+
+
+def build_single_turn(config, workdir: str | None = None) -> SingleTurnRun:
+    """The single-turn run: tokenizer, policy (no value head is trained), optimisers and the
+    four compiled stages. Raises ValueError on bad input before anything is compiled."""
+    validate_single_turn(config)
+    with undo_on_error(workdir):
+        c = config
+        cfg, tokenizer = _tokenizer_and_architecture(c, workdir, None)
+        prompt_length = c.prompt_length or cfg.num_image_tokens + 96
+        _check_positions(cfg, prompt_length, c.max_new_tokens)
+        cfg, policy, params, shapes, mesh = _policy_on_mesh(
+            c, cfg, tokenizer, abstract=False, model=None, devices=None, lora_scale=0.0)
+        xla = compiler_options(c)
+        keys = Keys(*jax.random.split(jax.random.key(c.seed), 5))
+        sft_tx = optim.make_optimizer(optim.warmup_cosine(c.sft.lr, c.sft.steps, c.sft.warmup),
+                                      c.sft.weight_decay, c.sft.grad_clip, shapes)
+        r = c.rl
+        updates = max(1, r.epochs * r.iterations_per_epoch * r.update_epochs * r.minibatches)
+        rl_tx = optim.make_optimizer(optim.warmup_cosine(r.lr, updates, r.warmup, r.lr_end),
+                                     r.weight_decay, r.grad_clip, shapes, r.freeze_vision)
+        pad = tokenizer.pad_token_id or 0
+        return SingleTurnRun(
+            config=c, tokenizer=tokenizer, cfg=cfg, policy=policy, init_params=params,
+            mesh=mesh, keys=keys, sft_tx=sft_tx,
+            sft_step=sft_lib.make_sft_step(policy, sft_tx, compiler_options=xla),
+            rl_tx=rl_tx,
+            stages=single_turn.SingleTurn(policy, rl_tx, r, c.max_new_tokens, pad, xla))

@@ -171,12 +171,19 @@ def _lookup(registry, name, what):
 # Token-level terms
 
 
-def kl_to_reference(token_logp, ref_token_logp, token_mask, estimator="k3", reduction="token_mean"):
-    """Per-token KL(policy || frozen reference) estimate, reduced over valid tokens."""
+def kl_per_token(token_logp, ref_token_logp, token_mask, estimator="k3"):
+    """Per-token KL(policy || frozen reference) estimates, 0 on padding (Reinforce++ puts them
+    into the reward; `kl_to_reference` reduces them into a loss)."""
     mask = jnp.asarray(token_mask).astype(bool)
     # Padding may hold -inf: keep it out of exp so that gradients stay finite.
     lp, ref = _zero_pad(token_logp, mask), _zero_pad(ref_token_logp, mask)
-    per_token = _lookup(KL_ESTIMATORS, estimator, "KL estimator")(lp, ref)
+    return jnp.where(mask, _lookup(KL_ESTIMATORS, estimator, "KL estimator")(lp, ref), 0.0)
+
+
+def kl_to_reference(token_logp, ref_token_logp, token_mask, estimator="k3", reduction="token_mean"):
+    """Per-token KL(policy || frozen reference) estimate, reduced over valid tokens."""
+    mask = jnp.asarray(token_mask).astype(bool)
+    per_token = kl_per_token(token_logp, ref_token_logp, mask, estimator)
     return _lookup(TOKEN_REDUCTIONS, reduction, "reduction")(per_token, mask)
 
 
@@ -231,7 +238,9 @@ def ppo_loss(
     """policy + vf_coef * value + kl_coef * KL(ref) - ent_coef * entropy, and metrics.
 
     The PPO loss is assembled here and nowhere else, added in exactly that order. new_logp,
-    old_logp, advantages, values, old_values, returns, mask: [N]. `advantages` are already
+    old_logp, advantages, values, old_values, returns, mask: [N] (one ratio per sequence, as
+    RL4VLM), or new_logp, old_logp, advantages, mask: [N, L] (token-level ratios, every valid token
+    a sample, as MAYE; no value loss then). `advantages` are already
     normalised over the whole buffer (see `normalize_advantages`). Optional terms:
     - value loss when `values` is given (a critic-free setup leaves it out);
     - KL to the reference when `token_logp`, `ref_token_logp` and `token_mask` [N, L] are given;
@@ -281,7 +290,8 @@ def ppo_loss(
 
     tmask = None
     if token_mask is not None:
-        tmask = jnp.asarray(token_mask).astype(bool) & mask[..., None]
+        tmask = jnp.asarray(token_mask).astype(bool)
+        tmask = tmask & (mask if mask.shape == tmask.shape else mask[..., None])
     reduce = _lookup(TOKEN_REDUCTIONS, token_reduction, "reduction")
     have_ref = token_logp is not None and ref_token_logp is not None and tmask is not None
     _need(kl_coef, have_ref, "token_logp/ref_token_logp/token_mask")
