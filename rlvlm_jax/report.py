@@ -15,7 +15,8 @@ RL − SFT gains), summary.json (the same numbers, per group, for scripts), and 
 response length and, where logged, MAYE's reflection ratios vs environment steps; overview.png,
 small enough for the README). Bad input is refused (one line, exit code 2) before anything is
 written; a re-run replaces the files the previous report wrote and nothing else.
-`aggregate` (numbers only, no matplotlib) is what a seeds command reuses.
+`aggregate` (numbers only, no matplotlib) is what a seeds command reuses. Single-turn runs
+(`rlvlm_jax.train_single`) have their own report, `rlvlm_jax.report_single`.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def load_run(workdir: str) -> RunRecord:
         except KeyError:
             raise ReportError(f"{wd}/config.json has no '{key}'") from None
 
+    if "task" not in config and lookup(config, "rl.algorithm", _MISSING) is not _MISSING:
+        raise ReportError(f"{wd} is a single-turn run (its config.json has rl.algorithm); "
+                          "report it with python -m rlvlm_jax.report_single")
     method = config.get("method")
     if method is not None and method not in BASELINES:
         raise ReportError(f"{wd}/config.json: unknown method {method!r} (expected one of "
@@ -166,27 +170,29 @@ def _rows(run: RunRecord) -> list[tuple[str, str, tuple]]:
     ]
 
 
-def _compared(run: RunRecord, ignore: frozenset, sft_stage: bool) -> dict:
-    """Config fields that must match within a group (an SFT row ignores the PPO section). A
-    checkpoint compares by its folder's name: a cached reader's name holds its recipe's hash,
-    while the cache's location differs between machines."""
+def _compared(run, ignore: frozenset, skip_prefix: str | None) -> dict:
+    """Config fields that must match within a group (an SFT row skips the RL section, e.g.
+    `ppo.`). A checkpoint compares by its folder's name: a cached reader's name holds its
+    recipe's hash, while the cache's location differs between machines."""
     flat = {k: v for k, v in flatten(run.config).items()
-            if k not in ignore and not (sft_stage and k.startswith("ppo."))}
+            if k not in ignore and not (skip_prefix and k.startswith(skip_prefix))}
     if flat.get("model.checkpoint"):
         flat["model.checkpoint"] = os.path.basename(os.path.normpath(flat["model.checkpoint"]))
     return flat
 
 
-def _check_configs(label: str, task: str, runs: list[RunRecord], ignore: frozenset,
-                   sft_stage: bool) -> None:
-    flat = [_compared(r, ignore, sft_stage) for r in runs]
+def _check_configs(label: str, where: str, runs: Sequence, ignore: frozenset,
+                   skip_prefix: str | None) -> None:
+    """Refuses a row whose runs (anything with .config and .workdir) differ in config beyond
+    `ignore`; `where` follows the row's name in the message (" on NumberLine")."""
+    flat = [_compared(r, ignore, skip_prefix) for r in runs]
     keys = sorted(set().union(*flat))
     differ = [k for k in keys if len({json.dumps(f.get(k, "<absent>"), sort_keys=True)
                                       for f in flat}) > 1]
     if differ:
         shown = ", ".join(differ[:6]) + (f" (+{len(differ) - 6} more)" if len(differ) > 6 else "")
         raise ReportError(
-            f"runs of row '{label}' on {task} differ in config {shown}: "
+            f"runs of row '{label}'{where} differ in config {shown}: "
             f"{', '.join(r.workdir for r in runs)}; pass --group-by {','.join(differ[:3])} to "
             "split them into rows")
 
@@ -244,7 +250,8 @@ def _collect(runs: list[RunRecord], group_by: Sequence[str], warn) -> list[dict]
     for (task, label), b in sorted(buckets.items(),
                                    key=lambda kv: (_task_rank(kv[0][0]), kv[1]["sort"])):
         sft_stage = b["source"] == "sft_eval"
-        _check_configs(label, task, [r for r, _ in b["entries"]], ignore, sft_stage)
+        _check_configs(label, f" on {task}", [r for r, _ in b["entries"]], ignore,
+                       "ppo." if sft_stage else None)
         entries = _dedupe(label, task, b["entries"], sft_stage, warn)
         used = [r for r, _ in entries]
         g = {"task": task, "method": label, "row": b["row"], "source": b["source"],
@@ -314,7 +321,8 @@ def aggregate(workdirs: Sequence[str], group_by: Sequence[str] = (), warn=None) 
     return _collect(_load_all(workdirs), tuple(group_by), warn or (lambda msg: None))
 
 
-def _load_all(workdirs: Sequence[str]) -> list[RunRecord]:
+def _load_all(workdirs: Sequence[str], loader=None) -> list:
+    """`loader` (default load_run) over the workdirs, after refusing none or one given twice."""
     if not workdirs:
         raise ReportError("no workdirs given")
     seen: dict[str, str] = {}
@@ -323,7 +331,7 @@ def _load_all(workdirs: Sequence[str]) -> list[RunRecord]:
         if real in seen:
             raise ReportError(f"workdir given twice: {seen[real]} and {w}")
         seen[real] = w
-    return [load_run(w) for w in workdirs]
+    return [(loader or load_run)(w) for w in workdirs]
 
 
 # ------------------------------------------------------------------------------------ table
@@ -641,18 +649,33 @@ def write_report(workdirs: Sequence[str], out: str, group_by: Sequence[str] = ()
     previous = _check_out(out, force)
     by_dir = {r.workdir: r for r in runs}
 
+    def make(staging: str) -> tuple[list[str], dict]:
+        files = write_plots(groups, by_dir, staging)
+        with open(os.path.join(staging, "table.md"), "w") as f:
+            f.write(format_table(groups))
+        files = ["table.md", *files, MANIFEST]
+        summary = _summary(groups, group_by, files)
+        _write_json(os.path.join(staging, MANIFEST), summary)
+        return files, summary
+
+    return _write_staged(out, previous, make)
+
+
+def _write_json(path: str, data) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
+
+
+def _write_staged(out: str, previous: set[str], make):
+    """`make(staging)` writes the report's files into a staging folder inside `out` and returns
+    (their names, result); they are moved into place at the end and the previous report's other
+    files removed, so a failure leaves `out` (and any parents this made) as it was. Returns
+    result."""
     created = _make_dirs(out)
     staging = None
     try:
         staging = tempfile.mkdtemp(prefix=".report-", dir=out)
-        files = write_plots(groups, by_dir, staging)
-        table = format_table(groups)
-        with open(os.path.join(staging, "table.md"), "w") as f:
-            f.write(table)
-        files = ["table.md", *files, MANIFEST]
-        summary = _summary(groups, group_by, files)
-        with open(os.path.join(staging, MANIFEST), "w") as f:
-            json.dump(summary, f, indent=1, ensure_ascii=False)
+        files, result = make(staging)
         for name in files:
             os.replace(os.path.join(staging, name), os.path.join(out, name))
         for name in previous - set(files):
@@ -666,7 +689,7 @@ def write_report(workdirs: Sequence[str], out: str, group_by: Sequence[str] = ()
             shutil.rmtree(d, ignore_errors=True)
         raise
     os.rmdir(staging)
-    return summary
+    return result
 
 
 def _make_dirs(path: str) -> list[str]:

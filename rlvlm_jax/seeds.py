@@ -11,8 +11,13 @@ plus the other `--config.*` flags given here, as its own process (a crash ends o
 sweep; each run resumes itself when started again). A seed whose workdir already has results.json
 is skipped, so re-running the command finishes an interrupted sweep. Runs go one after another:
 on a 2-core CPU parallel runs only share the cores, and a TPU/GPU job runs one config per slice.
-At the end the seeds are aggregated by `rlvlm_jax.report.aggregate` (mean, sample std over seeds)
-into <workdir>/seeds.json and printed.
+At the end the seeds are aggregated (mean, sample std over seeds) into <workdir>/seeds.json and
+printed: card-task runs by `rlvlm_jax.report.aggregate` (success %), single-turn runs of
+`rlvlm_jax.train_single` (their config has rl.algorithm) by `rlvlm_jax.report_single.aggregate`
+(MAYE's test / validation accuracies per row: start and RL, or SFT for rl.epochs=0).
+
+    python -m rlvlm_jax.seeds --program rlvlm_jax.train_single \
+        --config experiments/suite_tiny.py:grpo --workdir runs/grpo --seeds 3
 
 Seeds are not vmapped into one process: each seed stays a normal run (its own workdir, resume,
 TensorBoard), and on a CPU a vmapped batch of seeds costs the same compute as the runs in turn.
@@ -28,7 +33,7 @@ import time
 
 from rlvlm_jax.config_files import load, unknown_fields
 
-PROGRAMS = ("rlvlm_jax.train", "rlvlm_jax.baselines.cnn_ppo")
+PROGRAMS = ("rlvlm_jax.train", "rlvlm_jax.baselines.cnn_ppo", "rlvlm_jax.train_single")
 SEEDS_FILE = "seeds.json"
 
 
@@ -115,9 +120,19 @@ def run_seeds(opts: dict, log=print) -> list[str]:
 
 
 def summarize(dirs: list[str], workdir: str, log=print) -> list[dict]:
-    """Mean ± std over the seeds' workdirs (report.aggregate), written to seeds.json."""
-    from rlvlm_jax import report
+    """Mean ± std over the seeds' workdirs, written to seeds.json: report.aggregate for card
+    tasks, report_single.aggregate for train_single runs (detected by their config)."""
+    from rlvlm_jax import report, report_single
 
+    if any(report_single.is_single_turn(d) for d in dirs):
+        groups = report_single.public(report_single.aggregate(
+            dirs, warn=lambda msg: log(f"[seeds] warning: {msg}")))
+        with open(os.path.join(workdir, SEEDS_FILE), "w") as f:
+            json.dump(groups, f, indent=1, ensure_ascii=False)
+        for g in groups:
+            log(f"[seeds] {g['method']} (%, final epoch, over seeds {g['seeds']}): "
+                f"{report_single.headline(g)}")
+        return groups
     groups = report.aggregate(dirs)
     with open(os.path.join(workdir, SEEDS_FILE), "w") as f:
         json.dump(groups, f, indent=1)

@@ -153,6 +153,12 @@ def evaluate(run: SingleTurnRun, params, data: dict[str, Split], step: int, key,
             acc = metrics_lib.pass_at_k_from_correct(correct, k)
             prefix = f"{split}/{name}"
             result[prefix] = float(acc)
+            if name == "pass@1_t0.01":  # per question kind (the suite's ids: kind/split/i)
+                kinds = [pid.split("/")[0] for pid in sp.problems.ids]
+                if all("/" in pid for pid in sp.problems.ids) and len(set(kinds)) > 1:
+                    for kind in sorted(set(kinds)):
+                        rows = np.array([kd == kind for kd in kinds])
+                        result[f"{prefix}/{kind}"] = float(correct[rows].mean())
             if name == "pass@1_t0.01" or name.endswith("t1.0"):
                 stats = metrics_lib.response_length_stats(lengths, c.max_new_tokens)
                 result.update({f"{prefix}/{m}": float(v) for m, v in stats.items()})
