@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.suite_kinds = "numberline_steps,ezpoints_difference,points24_solvable,blackjack_action"
     c.data.suite_seed = 0  # the suite's own draw (fixed splits, independent of c.seed)
     c.data.train_size = 2048  # generated training problems
-    c.data.eval_size = 256  # generated problems per evaluation split
+    c.data.eval_size = 128  # generated problems per evaluation split
     c.data.reward = "exact"  # answer checker: exact (suite) or math_verify (MAYE's maths)
 
     c.sft = ml_collections.ConfigDict()
@@ -52,13 +52,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl.algorithm = "reinforce_pp"  # reinforce_pp (MAYE), grpo or rloo
     c.rl.group_size = 1  # responses per prompt (MAYE's Reinforce++: 1; GRPO/RLOO need >= 2)
     c.rl.prompts_per_batch = 64  # prompts per generation step
-    c.rl.epochs = 3  # passes over the training split's prompts (evaluated after each)
+    c.rl.epochs = 2  # "epochs" of iterations_per_epoch generation steps (evaluated after each)
     c.rl.iterations_per_epoch = 32  # generation steps per epoch
     c.rl.update_epochs = 1  # passes over one step's responses
     c.rl.minibatches = 2  # optimiser steps per pass
     c.rl.temperature = 1.0  # sampling temperature of training responses (MAYE: 1.0)
-    c.rl.lr = 3e-5
-    c.rl.lr_end = 1e-5  # cosine end value
+    c.rl.lr = 1e-4  # (3e-5 left Reinforce++ flat over 32 steps from a 300-step SFT)
+    c.rl.lr_end = 3e-5  # cosine end value
     c.rl.warmup = 0
     c.rl.weight_decay = 0.0
     c.rl.grad_clip = 1.0
