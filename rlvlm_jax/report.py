@@ -724,14 +724,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def main(argv: Sequence[str]) -> int:
-    """`argv` as sys.argv (the program name first). 0: written; 2: refused input; 1: I/O."""
-    parser = _Parser(prog="python -m rlvlm_jax.report", description=__doc__,
+def cli(argv: Sequence[str], *, prog: str, description: str, write, tag: str,
+        example_key: str = "ppo.lr") -> int:
+    """The report commands' shared command line: `write(workdirs, out, group_by, force=...)`
+    makes the files. 0: written; 2: refused input (one line); 1: I/O."""
+    parser = _Parser(prog=prog, description=description,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdirs", nargs="+", help="run workdirs (config.json, results.json)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--group-by", default="", help="comma-separated config keys (dotted "
-                        "paths, e.g. ppo.lr) that split rows instead of being refused")
+                        f"paths, e.g. {example_key}) that split rows instead of being refused")
     parser.add_argument("--force", action="store_true",
                         help="write even if --out holds files the report did not write")
     try:
@@ -740,7 +742,7 @@ def main(argv: Sequence[str]) -> int:
         return int(e.code or 0)
     group_by = tuple(k.strip() for k in args.group_by.split(",") if k.strip())
     try:
-        summary = write_report(args.workdirs, args.out, group_by, force=args.force)
+        summary = write(args.workdirs, args.out, group_by, force=args.force)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -749,8 +751,14 @@ def main(argv: Sequence[str]) -> int:
         return 1
     with open(os.path.join(args.out, "table.md")) as f:
         print(f.read(), end="")
-    print(f"[report] {len(summary['files'])} files in {args.out}", flush=True)
+    print(f"[{tag}] {len(summary['files'])} files in {args.out}", flush=True)
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """`argv` as sys.argv (the program name first)."""
+    return cli(argv, prog="python -m rlvlm_jax.report", description=__doc__,
+               write=write_report, tag="report")
 
 
 if __name__ == "__main__":

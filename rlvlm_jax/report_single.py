@@ -21,7 +21,6 @@ Bad input is refused (one line, exit code 2) before anything is written; --out f
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -45,7 +44,6 @@ from rlvlm_jax.report import (
     _fmt,
     _hours,
     _load_all,
-    _Parser,
     _read_json,
     _save,
     _sortable,
@@ -53,6 +51,7 @@ from rlvlm_jax.report import (
     _sum_wall,
     _write_json,
     _write_staged,
+    cli,
     format_cell,
     lookup,
     machine_time,
@@ -550,33 +549,9 @@ def headline(g: dict) -> str:
 
 # ------------------------------------------------------------------------------------ CLI
 def main(argv: Sequence[str]) -> int:
-    """`argv` as sys.argv (the program name first). 0: written; 2: refused input; 1: I/O."""
-    parser = _Parser(prog="python -m rlvlm_jax.report_single", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workdirs", nargs="+", help="train_single workdirs (config.json, "
-                        "results.json)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--group-by", default="", help="comma-separated config keys (dotted "
-                        "paths, e.g. rl.lr) that split rows instead of being refused")
-    parser.add_argument("--force", action="store_true",
-                        help="write even if --out holds files the report did not write")
-    try:
-        args = parser.parse_args(list(argv[1:]))
-    except SystemExit as e:
-        return int(e.code or 0)
-    group_by = tuple(k.strip() for k in args.group_by.split(",") if k.strip())
-    try:
-        summary = write_report(args.workdirs, args.out, group_by, force=args.force)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    with open(os.path.join(args.out, "table.md")) as f:
-        print(f.read(), end="")
-    print(f"[report_single] {len(summary['files'])} files in {args.out}", flush=True)
-    return 0
+    """`argv` as sys.argv (the program name first)."""
+    return cli(argv, prog="python -m rlvlm_jax.report_single", description=__doc__,
+               write=write_report, tag="report_single", example_key="rl.lr")
 
 
 if __name__ == "__main__":
