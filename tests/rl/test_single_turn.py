@@ -95,3 +95,27 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, overrides, me
     with pytest.raises(ValueError, match=message):
         train_single_turn(_config("grpo", **overrides), str(workdir))
     assert not workdir.exists()
+
+
+def test_maye_jsonl_data_with_math_verify(tmp_path):
+    """MAYE's files end to end: JSONL splits with pictures beside them, judged by math-verify."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                Image.new("RGB", (40, 30), (i * 20, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+                f.write(json.dumps({"question": f"<image>What is {i} / 2?", "image": f"img/{i}.png",
+                                    "answer": f"\\frac{{{i}}}{{2}}",
+                                    "solution": f"\\boxed{{\\frac{{{i}}}{{2}}}}"}) + "\n")
+    c = _config(None, **{"data.train": str(tmp_path / "train.jsonl"),
+                         "data.validation": str(tmp_path / "val.jsonl"),
+                         "data.test": str(tmp_path / "test.jsonl"),
+                         "data.reward": "math_verify", "rl.iterations_per_epoch": 1})
+    results = train_single_turn(c, str(tmp_path / "run"))
+    rows = [json.loads(line) for line in
+            open(tmp_path / "run" / "predictions" / "1_test_pass@1_t0.01.jsonl")]
+    assert [r["id"] for r in rows] == [f"test.jsonl:{i + 1}" for i in range(4)]
+    assert [r["answer"] for r in rows] == [f"\\frac{{{i}}}{{2}}" for i in range(4)]
+    assert len(results["history"]) == 1 and "test/pass@1_t0.01" in results["evals"][0]
