@@ -707,6 +707,16 @@ def validate_single_turn(config) -> None:
                          f"rl.group_size must be >= 2, got {r.group_size}")
     if not r.temperature > 0:
         raise ValueError("rl.temperature must be > 0 (log-probs are taken at 1.0)")
+    shape = mesh_shape(c)
+    if shape is not None:  # batches split over data x fsdp
+        per = shape[0] * shape[1]
+        for name, n in (("rl.prompts_per_batch", r.prompts_per_batch),
+                        ("responses per minibatch", batch // r.minibatches),
+                        ("eval.batch_size", c.eval.batch_size),
+                        ("sft.batch_size", c.sft.batch_size)):
+            if n % per:
+                raise ValueError(f"{name} = {n} does not divide over the mesh's data x fsdp = "
+                                 f"{per} devices")
     for split in ("train", "validation", "test"):
         source = str(c.data[split])
         if source != "suite" and not os.path.isfile(source):

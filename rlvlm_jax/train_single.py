@@ -30,6 +30,8 @@ import ml_collections
 import numpy as np
 from absl import app, logging
 from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rlvlm_jax import pretrain
 from rlvlm_jax.build import (
@@ -48,6 +50,7 @@ from rlvlm_jax.rl import metrics as metrics_lib
 from rlvlm_jax.rl import rewards as rewards_lib
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl.single_turn import Prompts, encode_problems
+from rlvlm_jax.sharding import BATCH
 from rlvlm_jax.tensorboard import Progress
 from rlvlm_jax.train import _CONFIG, _WORKDIR, Outputs  # flags defined there, as evaluate's
 
@@ -67,14 +70,19 @@ def load_split(config, split: str) -> Problems:
 
 
 class Split:
-    """A split's problems and their encoded prompts (host arrays; batches go to the device)."""
+    """A split's problems and their encoded prompts (host arrays; batches go to the device,
+    split over the mesh's batch axes when there is a mesh)."""
 
-    def __init__(self, name: str, problems: Problems, prompts: Prompts):
+    def __init__(self, name: str, problems: Problems, prompts: Prompts, mesh=None):
         self.name, self.problems, self.prompts = name, problems, prompts
+        self.sharding = None if mesh is None else NamedSharding(mesh, P(BATCH))
         self.sft = None  # the training split's SFT data (worked solutions), when SFT runs
 
     def batch(self, index) -> Prompts:
-        return Prompts(*(jnp.asarray(x[index]) for x in self.prompts))
+        rows = Prompts(*(x[index] for x in self.prompts))
+        if self.sharding is None:
+            return Prompts(*(jnp.asarray(x) for x in rows))
+        return jax.device_put(rows, self.sharding)
 
 
 def load_data(run: SingleTurnRun) -> dict[str, Split]:
@@ -95,7 +103,7 @@ def load_data(run: SingleTurnRun) -> dict[str, Split]:
                          f"({c.max_new_tokens}) exceeds the model's "
                          f"{run.cfg.text.max_position_embeddings} positions")
     data = {s: Split(s, p, encode_problems(p, run.tokenizer, c.template,
-                                           run.cfg.num_image_tokens, length))
+                                           run.cfg.num_image_tokens, length), run.mesh)
             for s, p in problems.items()}
     if c.sft.steps > 0:
         data["train"].sft = encode_solutions(run, data["train"])
@@ -302,8 +310,9 @@ def _train(run: SingleTurnRun, data: dict[str, Split], out) -> dict:
             out.writer.scalars(step, scalars, "rl/")
             refl = metrics_lib.reflection_metrics(texts, correct)
             out.writer.scalars(step, refl, "rl/")
+            timing = ("tokens_per_s", "time_collect", "time_judge", "time_update")
             meta["history"].append({"step": step, "epoch": epoch + 1, **{
-                k: v for k, v in scalars.items() if not k.startswith("time")}})
+                k: v for k, v in scalars.items() if k not in timing}})
             if step % c.log_every == 0 or it == 0:
                 progress(step, {k: scalars[k] for k in ("reward_mean", "accuracy",
                                                          "response_length", "kl_ref",

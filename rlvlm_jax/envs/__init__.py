@@ -1,8 +1,11 @@
 """The four gym_cards tasks as jittable gymnax environments that draw their own pictures.
 
 Create them by name through gymnax (`gymnax.make("NumberLine-v0")`, once this package is imported)
-or through `rlvlm_jax.envs.make("NumberLine")`. The facts about each task (ids, action strings,
-target, ...) are in one table, `rlvlm_jax.envs.tasks`.
+or through `rlvlm_jax.envs.make("NumberLine")`. The original gym_cards ids
+("gym_cards/NumberLine-v0", ...) are accepted as aliases everywhere a task name is: by `make`,
+`tasks.get_task` and `gymnax.make`; the env they give is the same class (its `name` is ours). The
+facts about each task (ids, action strings, target, ...) are in one table, `rlvlm_jax.envs.tasks`.
+The original's `info` keys come from `rlvlm_jax.envs.original_info`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from rlvlm_jax.envs.points24 import Points24
 _CLASSES = {cls.task: cls for cls in (NumberLine, EZPoints, Points24, Blackjack)}
 TASKS: dict[str, type[CardEnv]] = {name: _CLASSES[name] for name in tasks.TASK_NAMES}
 GYMNAX_IDS = {name: tasks.TASKS[name].gymnax_id for name in TASKS}
+GYM_IDS = {name: tasks.TASKS[name].gym_id for name in TASKS}  # the original's, as aliases
 
 
 def make(task: str, **kwargs):
@@ -29,21 +33,20 @@ def make(task: str, **kwargs):
     try:
         name = tasks.get_task(task).name
     except KeyError:
-        raise ValueError(
-            f"unknown task {task!r}; choose one of {', '.join(TASKS)} (or their gymnax ids "
-            f"{', '.join(GYMNAX_IDS.values())})"
-        ) from None
+        raise ValueError(f"unknown task {task!r}; choose one of {tasks.known_names()}") from None
     env = TASKS[name](**kwargs)
     return env, env.default_params
 
 
 for _name, _cls in TASKS.items():
-    if GYMNAX_IDS[_name] not in gymnax.registered_envs:
-        gymnax.register(GYMNAX_IDS[_name], _cls)
+    for _id in (GYMNAX_IDS[_name], GYM_IDS[_name]):  # ours, then the original's as an alias
+        if _id not in gymnax.registered_envs:
+            gymnax.register(_id, _cls)
 
 __all__ = [
     "TASKS",
     "GYMNAX_IDS",
+    "GYM_IDS",
     "make",
     "tasks",
     "CardEnv",

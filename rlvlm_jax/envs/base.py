@@ -51,8 +51,13 @@ class CardEnv(environment.Environment):
     Args:
       image_size: side of the square RGB uint8 picture (default: the table's, 300, the original's
         size).
-      final_observation: also return the pre-reset picture of a finished episode in
-        `info["final_observation"]` (costs a second picture update on every step; off by default).
+      final_observation: declares that the caller reads `info["final_observation"]` (the
+        truncation-bootstrapping rollouts check this flag). The key itself is always returned, as
+        gymnax's own environments do, so gymnax's wrappers work on every card env: it holds the
+        picture of the state the step reached before any auto-reset. It costs a second picture
+        update only where it is used: inside an enclosing `jit` (a rollout `scan`) XLA drops it
+        when nothing reads it; a top-level `env.step` call returns it, at the cost of one more
+        picture per environment.
     """
 
     task_spec: ClassVar[Task | None] = None  # this task's row of `rlvlm_jax.envs.tasks.TASKS`
@@ -104,6 +109,28 @@ class CardEnv(environment.Environment):
         (`rlvlm_jax.envs.prompts`, `rlvlm_jax.envs.demonstrations`)."""
         raise NotImplementedError
 
+    def text_fields_batch(self, states) -> list[dict]:
+        """`text_fields` of every row of states with one leading batch axis (device or host).
+
+        One device->host transfer of the logical fields (never the pictures), then numpy-only work
+        per row, so a batch costs no per-row device calls; row i equals `text_fields(states[i])`.
+        """
+        names = [f.name for f in dataclasses.fields(states) if f.name != "canvas"]
+        host = jax.device_get({name: getattr(states, name) for name in names})
+        time = np.asarray(host["time"])
+        if time.ndim != 1:
+            raise ValueError(
+                f"{self.task}: text_fields_batch needs states with exactly one leading batch axis "
+                f"(state.time has shape {time.shape}); use text_fields for a single state, or "
+                "reshape the batch to one axis first"
+            )
+        host = {name: np.asarray(value) for name, value in host.items()}
+        cls = type(states)
+        return [
+            self.text_fields(cls(canvas=None, **{name: host[name][i] for name in names}))
+            for i in range(time.shape[0])
+        ]
+
     def oracle_action(self, key: jax.Array, state, params=None) -> jax.Array:
         """A strong (for NumberLine/EZPoints optimal) policy, jittable and vmappable."""
         raise NotImplementedError
@@ -126,9 +153,13 @@ class CardEnv(environment.Environment):
     def action_space(self, params=None) -> spaces.Discrete:
         return spaces.Discrete(self.num_actions)
 
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        """The picture's shape; gymnax's pixel envs carry it and its EvoJAX wrapper reads it."""
+        return (self.image_size, self.image_size, 3)
+
     def observation_space(self, params=None) -> spaces.Box:
-        s = self.image_size
-        return spaces.Box(0, 255, (s, s, 3), jnp.uint8)
+        return spaces.Box(0, 255, self.obs_shape, jnp.uint8)
 
     def reset_env(self, key, params):
         state = self._reset_logic(key, params, jnp.asarray(self.picture.background))
@@ -150,23 +181,40 @@ class CardEnv(environment.Environment):
     def step(self, key, state, action, params=None):
         """gymnax `step` (auto-reset; returns obs, state, reward, terminated, truncated, info).
 
+        `info` holds `terminated`, `truncated`, `bad_action` and `final_observation` (the picture
+        of the state the step reached, before any auto-reset).
+
         Concrete actions outside the action space raise ValueError here. Inside `jit`/`vmap` an
         out-of-range action cannot raise: that environment keeps its state, gets a NaN reward
         (which poisons any return or loss computed from it) and `info["bad_action"]` is True.
         """
-        if not isinstance(action, jax.core.Tracer):
-            a = np.asarray(action)
-            if not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(f"{self.task}: actions must be integers, got dtype {a.dtype}")
-            if a.size and (a.min() < 0 or a.max() >= self.num_actions):
-                raise ValueError(
-                    f"{self.task}: action {a.tolist()} is outside the action space "
-                    f"0..{self.num_actions - 1} ({', '.join(self.action_strings)})"
-                )
+        self.check_action(action)
         return self._step(key, state, action, params)
+
+    def check_action(self, action) -> None:
+        """Raise ValueError for a concrete action outside the action space (tracers pass)."""
+        if isinstance(action, jax.core.Tracer):
+            return
+        a = np.asarray(action)
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{self.task}: actions must be integers, got dtype {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= self.num_actions):
+            raise ValueError(
+                f"{self.task}: action {a.tolist()} is outside the action space "
+                f"0..{self.num_actions - 1} ({', '.join(self.action_strings)})"
+            )
 
     @functools.partial(jax.jit, static_argnames=("self",))
     def _step(self, key, state, action, params=None):
+        return self.transition(key, state, action, params)[:6]
+
+    def transition(self, key, state, action, params=None):
+        """`step`'s body (traceable, no action check), also returning the state the step reached
+        before any auto-reset (its `canvas` is stale: the picture of the state stepped from).
+
+        Returns (obs, state, reward, terminated, truncated, info, reached). Wrappers that report
+        on the finished episode (`rlvlm_jax.envs.original_info`) read `reached`.
+        """
         if params is None:
             params = self.default_params
         key_step, key_reset = jax.random.split(key)
@@ -181,11 +229,13 @@ class CardEnv(environment.Environment):
         done = terminated | truncated
         fresh = self._reset_logic(key_reset, params, state.canvas)
         nxt = select_logic(done, fresh, stepped)
-        info: dict[str, Any] = {"terminated": terminated, "truncated": truncated, "bad_action": bad}
-        if self.final_observation:
-            info["final_observation"] = self.picture.draw(
-                state.canvas, self.region_variants(stepped)
-            )
+        info: dict[str, Any] = {
+            "terminated": terminated,
+            "truncated": truncated,
+            "bad_action": bad,
+            # Always present (gymnax's wrappers read it); XLA drops it when unused under jit.
+            "final_observation": self.picture.draw(state.canvas, self.region_variants(stepped)),
+        }
         canvas = self.picture.draw(state.canvas, self.region_variants(nxt))
         nxt = nxt.replace(canvas=canvas)
-        return canvas, nxt, reward, terminated, truncated, info
+        return canvas, nxt, reward, terminated, truncated, info, stepped

@@ -89,6 +89,14 @@ _BY_ID: dict[str, Task] = {
 }
 
 
+def known_names() -> str:
+    """Every accepted spelling of the tasks, for error messages: short names, then the ids."""
+    return (
+        f"{sorted(TASKS)}, their gymnax ids {[t.gymnax_id for t in TASKS.values()]} or the "
+        f"original gym_cards ids {[t.gym_id for t in TASKS.values()]}"
+    )
+
+
 def get_task(task: str | Task) -> Task:
     """The row of a task by its short name ("Points24"), gymnax id ("Points24-v0") or original
     gym id ("gym_cards/Points24-v0"); a `Task` is returned as is (e.g. a synthetic one)."""
@@ -96,4 +104,4 @@ def get_task(task: str | Task) -> Task:
         return task
     if task in _BY_ID:
         return _BY_ID[task]
-    raise KeyError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    raise KeyError(f"unknown task {task!r}; expected one of {known_names()}")

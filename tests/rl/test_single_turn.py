@@ -4,6 +4,7 @@ stages raising a reward, the job's outputs and resume, and bad input refused bef
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -119,3 +120,42 @@ def test_maye_jsonl_data_with_math_verify(tmp_path):
     assert [r["id"] for r in rows] == [f"test.jsonl:{i + 1}" for i in range(4)]
     assert [r["answer"] for r in rows] == [f"\\frac{{{i}}}{{2}}" for i in range(4)]
     assert len(results["history"]) == 1 and "test/pass@1_t0.01" in results["evals"][0]
+
+
+@pytest.mark.slow  # two builds and their compiled stages, one on a (4, 2, 1) mesh of 8 devices
+def test_update_on_a_mesh_equals_one_device(tmp_path):
+    """Stage 4 on params placed by the rule table and responses split over data x fsdp gives the
+    one-device step (sampling itself is compared nowhere: a float-level difference in the
+    logits may flip a token drawn at T = 1)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from rlvlm_jax.build import build_single_turn
+    from rlvlm_jax.sharding import BATCH, param_shardings
+    from rlvlm_jax.train_single import load_data
+
+    over = {"rl.prompts_per_batch": 8, "eval.batch_size": 8, "sft.batch_size": 8,
+            "rl.kl_loss_coef": 0.01, "sft.steps": 0}
+    one = build_single_turn(_config("grpo", **over), str(tmp_path / "one"))
+    mesh = build_single_turn(_config("grpo", mesh="4,2,1", **over), str(tmp_path / "mesh"))
+    data = load_data(one)
+    params = one.init_params
+    r = one.stages.collect(params, data["train"].batch(np.arange(8)), jax.random.key(1),
+                           jnp.float32(1.0), group_size=4)
+    reward = jnp.asarray(np.random.default_rng(0).random(32), jnp.float32)
+    drift = jax.tree.map(lambda x: x * 1.01, params)  # the reference differs: KL is non-zero
+    traj, _ = one.stages.trajectory(params, drift, r, reward)
+
+    def step(run, params, traj):
+        with run.mesh_context():
+            return run.stages.update(params, run.rl_tx.init(params), traj, jax.random.key(2))
+
+    want_params, _, want = step(one, jax.tree.map(jnp.copy, params), traj)
+    placed = {k: jax.device_put(v, param_shardings(v, mesh.mesh)) for k, v in params.items()}
+    split = jax.device_put(traj, NamedSharding(mesh.mesh, P(BATCH)))
+    got_params, _, got = step(mesh, placed, split)
+    for k in want:
+        np.testing.assert_allclose(float(got[k]), float(want[k]), rtol=1e-4, atol=1e-6,
+                                   err_msg=k)
+    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
