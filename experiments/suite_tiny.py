@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl.kl_reward_coef = 0.0  # per-token KL in the reward (Reinforce++ proper; MAYE: 0)
     c.rl.kl_estimator = "k3"
     c.rl.ent_coef = 0.0
-    c.rl.no_eos_penalty = -0.1  # added to the reward of a response cut at max_new_tokens
+    c.rl.no_eos_penalty = -0.1  # the whole reward of a response cut at max_new_tokens (MAYE)
     c.rl.format_weight = 0.0  # reward for a boxed answer being present (MAYE: effectively 0)
     c.rl.freeze_vision = True  # keep the reader's ViT fixed
 
