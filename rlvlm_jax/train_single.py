@@ -49,9 +49,10 @@ from rlvlm_jax.distributed import to_host
 from rlvlm_jax.rl import metrics as metrics_lib
 from rlvlm_jax.rl import rewards as rewards_lib
 from rlvlm_jax.rl import sft as sft_lib
-from rlvlm_jax.rl.single_turn import Prompts, encode_problems
+from rlvlm_jax.rl.single_turn import Prompts, encode_problems, prompt_texts
 from rlvlm_jax.sharding import BATCH
 from rlvlm_jax.tensorboard import Progress
+from rlvlm_jax.text.tokenizer import prompt_ids
 from rlvlm_jax.train import _CONFIG, _WORKDIR, Outputs  # flags defined there, as evaluate's
 
 SPLITS = ("train", "validation", "test")
@@ -90,13 +91,8 @@ def load_data(run: SingleTurnRun) -> dict[str, Split]:
     problems = {s: load_split(c, s) for s in SPLITS}
     length = c.prompt_length
     if not length:  # the longest prompt of any split
-        from rlvlm_jax.rl.single_turn import prompt_texts
-
-        image_id = run.tokenizer.convert_tokens_to_ids("<image>")
-        length = max(
-            sum(run.cfg.num_image_tokens if t == image_id else 1
-                for t in run.tokenizer(text)["input_ids"])
-            for p in problems.values() for text in prompt_texts(p.questions, c.template))
+        length = max(len(prompt_ids(run.tokenizer, text, run.cfg.num_image_tokens))
+                     for p in problems.values() for text in prompt_texts(p.questions, c.template))
     need = length + c.max_new_tokens
     if need > run.cfg.text.max_position_embeddings:
         raise ValueError(f"the longest prompt ({length} tokens) + max_new_tokens "

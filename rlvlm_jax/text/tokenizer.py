@@ -101,18 +101,25 @@ def model_token_ids(tokenizer) -> dict[str, int]:
             "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
 
 
+def prompt_ids(tokenizer, text: str, num_image_tokens: int,
+               image_token: str = IMAGE_TOKEN) -> list[int]:
+    """A prompt's ids with its `<image>` expanded to `num_image_tokens` placeholder ids."""
+    image_id = tokenizer.convert_tokens_to_ids(image_token)
+    row = []
+    for t in tokenizer(text)["input_ids"]:
+        row.extend([t] * num_image_tokens if t == image_id else [t])
+    return row
+
+
 def encode_prompts(tokenizer, texts: Sequence[str], num_image_tokens: int, length: int,
                    image_token: str = IMAGE_TOKEN) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded (ids, mask) int32 of shape (B, length), each `<image>` expanded to
     `num_image_tokens` placeholder ids. Raises if a prompt does not fit (before compiling)."""
-    image_id = tokenizer.convert_tokens_to_ids(image_token)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = np.full((len(texts), length), pad_id, np.int32)
     mask = np.zeros((len(texts), length), np.int32)
     for b, text in enumerate(texts):
-        row = []
-        for t in tokenizer(text)["input_ids"]:
-            row.extend([t] * num_image_tokens if t == image_id else [t])
+        row = prompt_ids(tokenizer, text, num_image_tokens, image_token)
         if len(row) > length:
             raise ValueError(f"prompt {b} is {len(row)} tokens (image expanded), longer than "
                              f"the padded length {length}")
