@@ -92,8 +92,7 @@ def make_demonstrations(
     actions = np.where(wrong, (oracle + shift) % env.num_actions, oracle)
     host = jax.device_get(states)
     prompt_list, responses = [], []
-    for i in range(num_samples):
-        fields = env.text_fields(jax.tree.map(lambda x, i=i: x[i], host))
+    for i, fields in enumerate(env.text_fields_batch(host)):
         prompt_list.append(prompts.full_prompt(env.task, fields.get("formula"), cot=cot))
         if cot:
             responses.append(demonstrations.cot_demonstration(env.task, action=int(actions[i]),
