@@ -648,13 +648,20 @@ def write_report(workdirs: Sequence[str], out: str, group_by: Sequence[str] = ()
         raise ReportError("nothing to report: no run has an sft_eval or ppo_eval success rate")
     previous = _check_out(out, force)
     by_dir = {r.workdir: r for r in runs}
+    return write_files(out, previous, lambda d: write_plots(groups, by_dir, d),
+                       format_table(groups), lambda files: _summary(groups, group_by, files))
+
+
+def write_files(out: str, previous: set[str], plots, table: str, summary_of) -> dict:
+    """A report's files, staged (`_write_staged`): `plots(dir)` -> PNG names, table.md, and
+    summary.json (`summary_of(file names)`, the manifest included). Returns the summary."""
 
     def make(staging: str) -> tuple[list[str], dict]:
-        files = write_plots(groups, by_dir, staging)
+        files = plots(staging)
         with open(os.path.join(staging, "table.md"), "w") as f:
-            f.write(format_table(groups))
+            f.write(table)
         files = ["table.md", *files, MANIFEST]
-        summary = _summary(groups, group_by, files)
+        summary = summary_of(files)
         _write_json(os.path.join(staging, MANIFEST), summary)
         return files, summary
 

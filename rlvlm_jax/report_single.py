@@ -34,7 +34,6 @@ from rlvlm_jax.config_files import flatten
 from rlvlm_jax.report import (
     _MISSING,
     IGNORED_KEYS,
-    MANIFEST,
     STD_NOTE,
     ReportError,
     _check_configs,
@@ -49,12 +48,11 @@ from rlvlm_jax.report import (
     _sortable,
     _stats,
     _sum_wall,
-    _write_json,
-    _write_staged,
     cli,
     format_cell,
     lookup,
     machine_time,
+    write_files,
 )
 
 ALGORITHMS = {"reinforce_pp": "Reinforce++", "grpo": "GRPO", "rloo": "RLOO"}  # row order
@@ -510,17 +508,8 @@ def write_report(workdirs: Sequence[str], out: str, group_by: Sequence[str] = ()
     groups = _collect(runs, tuple(group_by), warn)
     previous = _check_out(out, force)
     by_dir = {r.workdir: r for r in runs}
-
-    def make(staging: str) -> tuple[list[str], dict]:
-        files = write_plots(groups, by_dir, staging)
-        with open(os.path.join(staging, "table.md"), "w") as f:
-            f.write(format_table(groups))
-        files = ["table.md", *files, MANIFEST]
-        summary = _summary(groups, group_by, files)
-        _write_json(os.path.join(staging, MANIFEST), summary)
-        return files, summary
-
-    return _write_staged(out, previous, make)
+    return write_files(out, previous, lambda d: write_plots(groups, by_dir, d),
+                       format_table(groups), lambda files: _summary(groups, group_by, files))
 
 
 def _summary(groups: list[dict], group_by: Sequence[str], files: list[str]) -> dict:
