@@ -65,6 +65,7 @@ VIEWS = (("final", "final epoch"), ("mean_over_epochs", "mean over epochs"),
 GAIN_KEY = "test/pass@1_t0.01"  # the RL − start gain's accuracy (near-greedy test pass@1)
 SCATTER_KEY = "test/pass@{k}_t1.0"  # the evaluation setting of the reflection-vs-length plot
 STAGE_KINDS = ("sft", "start")  # rows of one evaluation before any RL
+QUALITY_KEYS = ("response_length", "length_clip_ratio")  # per-setting extras that are not kinds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +280,14 @@ def _group(label: str, b: dict, used: list[SingleRun], warn) -> dict:
                 cell["start_values"] = [100 * s for s, d in zip(start, diffs, strict=True)
                                         if d is not None]
             g["gain"][view] = cell
+    # The generated suite's accuracy per question kind (test pass@1 T0.01, final view).
+    prefix = GAIN_KEY + "/"
+    kinds = sorted({k[len(prefix):] for r in used for k in (
+        r.start_eval if kind in STAGE_KINDS else (r.evals[-1] if r.evals else {}))
+        if k.startswith(prefix) and k[len(prefix):] not in QUALITY_KEYS
+        and not k[len(prefix):].startswith(("reflection", "correct"))})
+    g["kinds"] = {q: _cell(used, [_value(r, kind, "final", prefix + q) for r in used])
+                  for q in kinds}
     g["response_length"] = _cell(used, [_final_length(r) for r in used], 1.0) \
         if kind == "rl" else None
     g["wall_seconds"] = _sum_wall(used)
@@ -349,6 +358,15 @@ def format_table(groups: list[dict]) -> str:
     out.append(f"Cells: {STD_NOTE}. SFT / start rows are one evaluation per seed (before any "
                "RL), the same in all three tables; a start row is the RL runs' own starting "
                f"policy.{k_note}")
+
+    kinds = sorted({q for g in groups for q in g.get("kinds") or {}})
+    if kinds:
+        out += ["", f"# Accuracy (%) per question kind, {GAIN_KEY}, final epoch", "",
+                "| Method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for g in groups:
+            cells = [(g.get("kinds") or {}).get(q) for q in kinds]
+            out.append(f"| {g['method']} | "
+                       + " | ".join(format_cell(c) if c else "—" for c in cells) + " |")
 
     rl = [g for g in groups if g["response_length"]]
     if rl:

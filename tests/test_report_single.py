@@ -351,3 +351,27 @@ def test_two_real_seeds_of_the_single_turn_test_config(tmp_path):
                     out + "/seed_1", "--out", rep], check=True, cwd=ROOT, env=env,
                    capture_output=True)
     assert "table.md" in os.listdir(rep)
+
+
+def test_accuracy_per_question_kind(tmp_path):
+    """The suite's per-kind accuracies (test pass@1 T0.01) get their own table, final epoch."""
+    rng = np.random.default_rng(5)
+    dirs, want = [], {}
+    for seed in range(3):
+        wd = _run(tmp_path, f"grpo_{seed}", _config(seed, "grpo"), rng)
+        path = os.path.join(wd, "results.json")
+        results = json.load(open(path))
+        for name in ("blackjack_action", "numberline_steps"):
+            value = float(np.round(rng.uniform(), 3))
+            results["evals"][-1][f"{rs.GAIN_KEY}/{name}"] = value
+            results["sft_eval"][f"{rs.GAIN_KEY}/{name}"] = 0.5
+            want.setdefault(name, []).append(100 * value)
+        json.dump(results, open(path, "w"))
+        dirs.append(wd)
+    rl = [g for g in rs.aggregate(dirs) if g["kind"] == "rl"][0]
+    for name, values in want.items():
+        assert rl["kinds"][name]["mean"] == pytest.approx(np.mean(values))
+        assert rl["kinds"][name]["std"] == pytest.approx(np.std(values, ddof=1))
+    table = rs.format_table(rs.aggregate(dirs))
+    assert "| Method | blackjack_action | numberline_steps |" in table
+    assert "| GRPO start (SFT) | 50.0 ± 0.0 (3) | 50.0 ± 0.0 (3) |" in table
