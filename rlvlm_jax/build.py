@@ -132,18 +132,28 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
     _check_rest(c, p, abstract, model)
 
 
-def _check_fields(c) -> None:
-    """The tables above: named choices, counts and ranges (a field the config lacks passes)."""
-    for name, known in NAMED.items():
-        value = _field(c, name, known[0])
+def _check_fields(c, named=None, at_least=None, ranges=None, required: bool = False) -> None:
+    """Named choices, counts and ranges (default: the tables above). A field the config lacks
+    passes, or with `required` is an error naming it."""
+    named, at_least = NAMED if named is None else named, AT_LEAST if at_least is None else at_least
+    ranges = RANGES if ranges is None else ranges
+
+    def get(name, default):
+        value = _field(c, name, None if required else default)
+        if required and value is None:
+            raise ValueError(f"config.{name} is missing (see experiments/suite_tiny.py)")
+        return value
+
+    for name, known in named.items():
+        value = get(name, known[0])
         if value not in known:
             raise ValueError(f"config.{name} {value!r} is not one of {list(known)}")
-    for name, low in AT_LEAST.items():
-        value = _field(c, name, low)
+    for name, low in at_least.items():
+        value = get(name, low)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise ValueError(f"config.{name} must be an integer >= {low}, got {value!r}")
-    for name, (low, high) in RANGES.items():
-        value = _field(c, name, low or 0.0)
+    for name, (low, high) in ranges.items():
+        value = get(name, low or 0.0)
         if not (isinstance(value, numbers.Real) and math.isfinite(value)
                 and (low is None or value >= low) and (high is None or value <= high)):
             bound = {(True, True): "a finite number", (False, True): f">= {low}",
@@ -681,22 +691,7 @@ def validate_single_turn(config) -> None:
     """Clear one-line errors for a single-turn config, before anything is built or written."""
     c, r = config, config.rl
     _check_fields(c)
-    for table, check in ((SINGLE_TURN_NAMED, "named"), (SINGLE_TURN_AT_LEAST, "count"),
-                         (SINGLE_TURN_RANGES, "range")):
-        for name, rule in table.items():
-            value = _field(c, name)
-            if value is None:
-                raise ValueError(f"config.{name} is missing (see experiments/suite_tiny.py)")
-            if check == "named" and value not in rule:
-                raise ValueError(f"config.{name} {value!r} is not one of {list(rule)}")
-            if check == "count" and (isinstance(value, bool)
-                                     or not isinstance(value, numbers.Integral) or value < rule):
-                raise ValueError(f"config.{name} must be an integer >= {rule}, got {value!r}")
-            if check == "range" and not (isinstance(value, numbers.Real)
-                                         and math.isfinite(value)
-                                         and (rule[0] is None or value >= rule[0])
-                                         and (rule[1] is None or value <= rule[1])):
-                raise ValueError(f"config.{name} must be in {rule}, got {value!r}")
+    _check_fields(c, SINGLE_TURN_NAMED, SINGLE_TURN_AT_LEAST, SINGLE_TURN_RANGES, required=True)
     adv_lib.check_groups(r.prompts_per_batch * r.group_size, r.group_size)
     batch = r.prompts_per_batch * r.group_size
     if batch % r.minibatches:

@@ -74,12 +74,17 @@ class RunRecord:
 
     @property
     def wall_seconds(self) -> float | None:
-        w = self.results.get("wall_seconds")
-        return float(w) if isinstance(w, (int, float)) and math.isfinite(w) else None
+        return wall_seconds_of(self.results)
 
     @property
     def history(self) -> list[dict]:
         return list(self.results.get("history") or [])
+
+
+def wall_seconds_of(results: dict) -> float | None:
+    """A run's recorded machine time, None when absent or not a finite number."""
+    w = results.get("wall_seconds")
+    return float(w) if isinstance(w, (int, float)) and math.isfinite(w) else None
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -52,6 +52,7 @@ from rlvlm_jax.report import (
     format_cell,
     lookup,
     machine_time,
+    wall_seconds_of,
     write_files,
 )
 
@@ -83,8 +84,7 @@ class SingleRun:
 
     @property
     def wall_seconds(self) -> float | None:
-        w = self.results.get("wall_seconds")
-        return float(w) if isinstance(w, (int, float)) and math.isfinite(w) else None
+        return wall_seconds_of(self.results)
 
     @property
     def history(self) -> list[dict]:

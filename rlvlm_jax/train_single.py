@@ -74,10 +74,10 @@ class Split:
     """A split's problems and their encoded prompts (host arrays; batches go to the device,
     split over the mesh's batch axes when there is a mesh)."""
 
-    def __init__(self, name: str, problems: Problems, prompts: Prompts, mesh=None):
+    def __init__(self, name: str, problems: Problems, prompts: Prompts, mesh=None, sft=None):
         self.name, self.problems, self.prompts = name, problems, prompts
         self.sharding = None if mesh is None else NamedSharding(mesh, P(BATCH))
-        self.sft = None  # the training split's SFT data (worked solutions), when SFT runs
+        self.sft = sft  # the training split's SFT data (worked solutions), when SFT runs
 
     def batch(self, index) -> Prompts:
         rows = Prompts(*(x[index] for x in self.prompts))
@@ -98,11 +98,11 @@ def load_data(run: SingleTurnRun) -> dict[str, Split]:
         raise ValueError(f"the longest prompt ({length} tokens) + max_new_tokens "
                          f"({c.max_new_tokens}) exceeds the model's "
                          f"{run.cfg.text.max_position_embeddings} positions")
-    data = {s: Split(s, p, encode_problems(p, run.tokenizer, c.template,
-                                           run.cfg.num_image_tokens, length), run.mesh)
-            for s, p in problems.items()}
-    if c.sft.steps > 0:
-        data["train"].sft = encode_solutions(run, data["train"])
+    data = {}
+    for name, p in problems.items():
+        prompts = encode_problems(p, run.tokenizer, c.template, run.cfg.num_image_tokens, length)
+        sft = encode_solutions(run, p, prompts) if name == "train" and c.sft.steps > 0 else None
+        data[name] = Split(name, p, prompts, run.mesh, sft)
     return data
 
 
@@ -182,22 +182,22 @@ def evaluate(run: SingleTurnRun, params, data: dict[str, Split], step: int, key,
 
 
 # ------------------------------------------------------------------------------ SFT
-def encode_solutions(run: SingleTurnRun, train: Split):
+def encode_solutions(run: SingleTurnRun, problems: Problems, prompts: Prompts):
     """The SFT data of the training split: its worked solutions as responses (ended by EOS).
     Raises, naming the problem, when one does not fit in max_new_tokens (before any training)."""
     c, tok = run.config, run.tokenizer
-    resp = np.full((len(train.problems), c.max_new_tokens), tok.pad_token_id or 0, np.int32)
+    resp = np.full((len(problems), c.max_new_tokens), tok.pad_token_id or 0, np.int32)
     rmask = np.zeros_like(resp)
-    for i, text in enumerate(train.problems.solutions):
+    for i, text in enumerate(problems.solutions):
         ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(ids) > c.max_new_tokens:
-            raise ValueError(f"{train.problems.ids[i]}: the solution is {len(ids)} tokens with "
+            raise ValueError(f"{problems.ids[i]}: the solution is {len(ids)} tokens with "
                              f"EOS; config.max_new_tokens is {c.max_new_tokens} (raise it, or "
                              "set config.sft.steps=0)")
         resp[i, :len(ids)], rmask[i, :len(ids)] = ids, 1
-    blank = np.full((len(train.problems),), -1, np.int32)
-    return sft_lib.SFTData(train.prompts.frames, train.prompts.prompt_ids,
-                           train.prompts.prompt_mask, resp, rmask, blank, blank)
+    blank = np.full((len(problems),), -1, np.int32)
+    return sft_lib.SFTData(prompts.frames, prompts.prompt_ids,
+                           prompts.prompt_mask, resp, rmask, blank, blank)
 
 
 def run_sft(run: SingleTurnRun, sft_data, params, log):

@@ -91,6 +91,10 @@ def test_job_writes_maye_evaluation_and_resumes(job):
     ({"rl.minibatches": 3}, "do not split into rl.minibatches = 3"),
     ({"data.train": "/nonexistent/train.jsonl"}, "neither 'suite'.*nor a JSONL file"),
     ({"data.suite_kinds": "numberline_steps,sums"}, "unknown.*sums"),
+    ({"mesh": "4,2,1", "rl.prompts_per_batch": 4},
+     "rl.prompts_per_batch = 4 does not divide over the mesh's data x fsdp = 8"),
+    ({"max_new_tokens": 16}, "the solution is .* tokens with EOS; config.max_new_tokens is 16"),
+    ({"rl.lr": float("nan")}, "config.rl.lr must be >= 0.0"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, overrides, message):
     workdir = tmp_path / "run"
@@ -161,3 +165,20 @@ def test_update_on_a_mesh_equals_one_device(tmp_path):
                                    err_msg=k)
     for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.rl.test_sft import ROOT
+
+    workdir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "rlvlm_jax.train_single", "--config",
+         os.path.join(ROOT, "experiments", "suite_test.py:grpo"), "--workdir", str(workdir),
+         "--config.rl.algorithm=ppo2"],
+        cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: config.rl.algorithm 'ppo2'")
+    assert "Traceback" not in out.stderr and not workdir.exists()
