@@ -578,7 +578,7 @@ def _tokenizer_and_architecture(c, workdir, model):
     return policy_lib.llava_config(c.model, c.image_size, tokenizer), tokenizer
 
 
-def _check_positions(cfg, prompt_length: int, max_new_tokens: int) -> None:
+def check_positions(cfg, prompt_length: int, max_new_tokens: int) -> None:
     need = prompt_length + max_new_tokens
     if need > cfg.text.max_position_embeddings:
         raise ValueError(f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) = "
@@ -630,7 +630,7 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
                             max_formula=max_formula)
     if prompt_tokens:  # an int, or a function of the encoder (the planner's estimate)
         encoder.length = int(prompt_tokens(encoder) if callable(prompt_tokens) else prompt_tokens)
-    _check_positions(cfg, encoder.length, c.max_new_tokens)
+    check_positions(cfg, encoder.length, c.max_new_tokens)
     cfg, policy, params, shapes, mesh = _policy_on_mesh(
         c, cfg, tokenizer, abstract=abstract, model=model, devices=devices,
         lora_scale=lora_lib.scale_of(c.ppo.lora_rank, c.ppo.lora_alpha))
@@ -782,8 +782,8 @@ def build_single_turn(config, workdir: str | None = None) -> SingleTurnRun:
     with undo_on_error(workdir):
         c = config
         cfg, tokenizer = _tokenizer_and_architecture(c, workdir, None)
-        prompt_length = c.prompt_length or cfg.num_image_tokens + 96
-        _check_positions(cfg, prompt_length, c.max_new_tokens)
+        if c.prompt_length:  # else the data's longest prompt, checked by train_single.load_data
+            check_positions(cfg, c.prompt_length, c.max_new_tokens)
         cfg, policy, params, shapes, mesh = _policy_on_mesh(
             c, cfg, tokenizer, abstract=False, model=None, devices=None, lora_scale=0.0)
         xla = compiler_options(c)

@@ -37,6 +37,7 @@ from rlvlm_jax import pretrain
 from rlvlm_jax.build import (
     SingleTurnRun,
     build_single_turn,
+    check_positions,
     starts_from_reader,
     suite_kinds,
     undo_on_error,
@@ -93,11 +94,7 @@ def load_data(run: SingleTurnRun) -> dict[str, Split]:
     if not length:  # the longest prompt of any split
         length = max(len(prompt_ids(run.tokenizer, text, run.cfg.num_image_tokens))
                      for p in problems.values() for text in prompt_texts(p.questions, c.template))
-    need = length + c.max_new_tokens
-    if need > run.cfg.text.max_position_embeddings:
-        raise ValueError(f"the longest prompt ({length} tokens) + max_new_tokens "
-                         f"({c.max_new_tokens}) exceeds the model's "
-                         f"{run.cfg.text.max_position_embeddings} positions")
+    check_positions(run.cfg, length, c.max_new_tokens)
     data = {}
     for name, p in problems.items():
         prompts = encode_problems(p, run.tokenizer, c.template, run.cfg.num_image_tokens, length)

@@ -95,6 +95,7 @@ def test_job_writes_maye_evaluation_and_resumes(job):
      "rl.prompts_per_batch = 4 does not divide over the mesh's data x fsdp = 8"),
     ({"max_new_tokens": 16}, "the solution is .* tokens with EOS; config.max_new_tokens is 16"),
     ({"rl.lr": float("nan")}, "config.rl.lr must be >= 0.0"),
+    ({"model.max_positions": 70}, r"max_new_tokens \(48\) = .* exceeds the model's 70 positions"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, overrides, message):
     workdir = tmp_path / "run"
