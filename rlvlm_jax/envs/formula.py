@@ -6,7 +6,10 @@ vmappable, and it must be exact: the original compared floats with ``==``, which
 
 Token codes: ``PAD`` = 0 (slot after the end), numbers 1..10 are their own codes, then
 ``PLUS`` ``MINUS`` ``TIMES`` ``DIVIDE`` ``LPAREN`` ``RPAREN`` = 11..16, and ``BLANK`` = 17 (the
-placeholder the environments append after an invalid number; it makes any formula invalid).
+placeholder the environments append after an invalid number). The environments follow the
+original and drop blanks before evaluating (`without_blanks`: there a blank is a space in the
+string Python evaluates); `evaluate` itself treats a BLANK inside the formula as invalid, which is
+the environments' stricter option (``blanks="invalid"``).
 
 Grammar (each token is one symbol)::
 
@@ -235,6 +238,22 @@ def evaluate(codes, length):
     num, den = _add(s_num, s_den, add_minus, t_num, t_den, _FINAL_GCD_STEPS)
     ok = ok & ~expect & (depth == 0)
     return ok, jnp.where(ok, num, zero), jnp.where(ok, den, one)
+
+
+def without_blanks(codes, length):
+    """``(codes, length)`` with every BLANK among the first ``length`` slots removed, order kept.
+
+    The original joined the tokens into one string for Python's ``eval``, where a blank is a
+    space and so is skipped: cards 3 and 4 with 3, (unheld 5 -> blank), *, 4 read "3 *4" = 12.
+    Jittable: a stable compaction by prefix counts, PAD after the new length.
+    """
+    codes = jnp.asarray(codes, jnp.int32)
+    (num_slots,) = codes.shape
+    slots = jnp.arange(num_slots, dtype=jnp.int32)
+    keep = (slots < length) & (codes != BLANK)
+    target = jnp.where(keep, jnp.cumsum(keep) - 1, num_slots)  # num_slots: dropped
+    out = jnp.full((num_slots + 1,), PAD, jnp.int32).at[target].set(codes)[:num_slots]
+    return out, jnp.sum(keep).astype(jnp.int32)
 
 
 def equals(codes, length, target: int):

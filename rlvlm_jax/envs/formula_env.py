@@ -58,11 +58,20 @@ class FormulaParams(environment.EnvParams):
     max_steps_in_episode: int = 10_000  # unused: episodes end by "=" or by the formula-length rule
 
 
+BLANK_RULES = ("skip", "invalid")
+
+
 class FormulaEnv(CardEnv):
     """Rules (gym_cards.md): if the formula already has more than `max_tokens` tokens the step is
     truncated with reward -1 and the action is ignored; a number used more often than the cards
-    show gives -1 and appends a blank token (which makes the formula unevaluable); "=" ends the
-    episode with +10 if the formula equals `target` exactly and uses every card, else -1."""
+    show gives -1 and appends a blank token; "=" ends the episode with +10 if the formula equals
+    `target` exactly and uses every card, else -1.
+
+    Args (beyond `CardEnv`'s):
+      blanks: how "=" reads a blank token. "skip" (default, the original: a blank is a space in
+        the string Python evaluates, so cards 3 and 4 with 3, unheld 5, *, 4 make 12) or
+        "invalid" (stricter: any blank makes the formula unevaluable).
+    """
 
     num_cards: int = 0
     max_tokens: int = 0
@@ -76,6 +85,14 @@ class FormulaEnv(CardEnv):
             # The formula's goal, and the token code of each action but "=" (the last, no code).
             cls.target = cls.task_spec.target
             cls.action_codes = tuple(F.TEXT_CODE[s] for s in cls.action_strings[:-1])
+
+    def __init__(self, image_size: int | None = None, final_observation: bool = False,
+                 blanks: str = "skip", **kwargs):
+        if blanks not in BLANK_RULES:
+            raise ValueError(f"{self.task}: blanks={blanks!r}; choose one of {BLANK_RULES} "
+                             "('skip' reads a blank as the original's space)")
+        self.blanks = blanks
+        super().__init__(image_size, final_observation, **kwargs)
 
     def _build_picture(self, size: int) -> Picture:
         lay, spec = Layout(size, self.task, self.smallest_font), self.layout
@@ -146,7 +163,10 @@ class FormulaEnv(CardEnv):
         formula = jnp.where(append & slot, new_code, state.formula)
         length = state.length + append.astype(jnp.int32)
 
-        ok, num, den = F.evaluate(state.formula, state.length)
+        judged = (state.formula, state.length)
+        if self.blanks == "skip":
+            judged = F.without_blanks(*judged)
+        ok, num, den = F.evaluate(*judged)
         # Every card used, each exactly once: the formula's numbers are the cards' multiset.
         numbers = jnp.arange(1, 11)[:, None]
         in_cards = jnp.sum(values[None, :] == numbers, axis=1)

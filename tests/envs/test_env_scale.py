@@ -460,18 +460,14 @@ def test_formula_transitions(run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known departure: a blank token makes the formula invalid "
-                   "here, while the original (gym_cards.md) skips it as a space; the open issue "
-                   "'Faithful to the original' makes the original's reading the default")
 @pytest.mark.parametrize("run", FORMULA_TASKS, indirect=True)
 def test_formula_equals_with_blanks_follows_the_rules(run):
     """gym_cards.md: the original evaluates the tokens joined with no separator and a blank is
     a space there, so it is skipped: cards 3 and 4 with 3, (unheld 5 -> blank), *, 4, = score
     +10. Checked on every "=" step whose formula holds a blank.
 
-    When written, this failed: the envs make any formula holding a blank invalid (`formula.py`
-    lists it among its deliberate departures), while gym_cards.md (corrected on this point) and
-    `demonstrations.py`'s oracle skip blanks, so "2 + 10 <blank>" with cards 2 and J scores -1."""
+    Written when the envs still made any formula holding a blank invalid (then a strict xfail:
+    "2 + 10 <blank>" with cards 2 and J scored -1); the envs now skip blanks by default."""
     env = run.env
     rows, keys = _equals_rows(run)
     bad = np.zeros_like(run.terminated)

@@ -389,3 +389,17 @@ def test_dtypes_and_shapes_under_vmap():
     assert ok.dtype == jnp.bool_ and num.dtype == jnp.int32 and den.dtype == jnp.int32
     assert ok.shape == num.shape == den.shape == (2,)
     assert ok.tolist() == [True, False] and num.tolist() == [3, 0] and den.tolist() == [1, 1]
+
+
+def test_without_blanks_compacts_like_a_list_filter():
+    """Random codes with blanks (and junk past `length`) against a Python list filter."""
+    rng = np.random.default_rng(0)
+    fn = jax.jit(jax.vmap(F.without_blanks))
+    codes = rng.integers(0, F.NUM_CODES, size=(500, 9)).astype(np.int32)
+    codes[:, ::3] = np.where(rng.random((500, 3)) < 0.5, F.BLANK, codes[:, ::3])
+    lengths = rng.integers(0, 10, size=500).astype(np.int32)
+    out, n = jax.device_get(fn(codes, lengths))
+    for row, length, got, got_n in zip(codes, lengths, out, n, strict=True):
+        want = [int(c) for c in row[:length] if c != F.BLANK]
+        assert int(got_n) == len(want)
+        assert got[: len(want)].tolist() == want and not got[len(want):].any()

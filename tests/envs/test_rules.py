@@ -146,7 +146,8 @@ def test_ezpoints_face_cards_count_ten_and_pairs(ez):
         ([6, 2], [6, F.TIMES, 2], 10.0),
         ([6, 6], [6, F.TIMES, 2], -1.0),  # 2 is not a card here, but also: unused card
         ([4, 3], [], -1.0),  # "=" on an empty formula
-        ([4, 3], [4, F.BLANK, 3], -1.0),  # blank -> unevaluable
+        ([4, 3], [4, F.BLANK, 3], -1.0),  # blank skipped: "4 3", two numbers in a row
+        ([4, 3], [4, F.TIMES, F.BLANK, 3], 10.0),  # blank skipped: "4* 3" = 12
     ],
 )
 def test_ezpoints_equals(ez, ranks, formula, reward):
@@ -350,3 +351,22 @@ def test_blackjack_tens_shown_as_faces(bj):
         np.asarray(states.player_sum)
         == np.minimum(np.asarray(states.player_ranks[:, :2]), 10).sum(1)
     )
+
+
+def test_blank_tokens_are_skipped_as_in_the_original(ez):
+    """The issue's example: cards 3 and 4, actions 3, 5 (no 5 held -> blank, -1), *, 4, =. The
+    original evaluates "3 *4" = 12 (+10); the stricter reading (``blanks="invalid"``) gives -1."""
+    strict = EZPoints(blanks="invalid")
+    for env, want in ((ez, 10.0), (strict, -1.0)):
+        state = ez_state(env, [3, 4])
+        rewards = []
+        for tok in ["3", "5", "*", "4", "="]:
+            state, r, te, _ = step_env(env, state, act(env, tok))
+            rewards.append(r)
+        assert rewards == [0.0, -1.0, 0.0, 0.0, want] and te
+        assert [F.CODE_TEXT[int(c)] for c in state.formula[:4]] == ["3", " ", "*", "4"]
+
+
+def test_blanks_rule_is_checked():
+    with pytest.raises(ValueError, match="blanks='space'.*'skip', 'invalid'"):
+        Points24(blanks="space")
