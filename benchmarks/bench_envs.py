@@ -7,6 +7,8 @@ picture with PIL, one environment at a time (what the original gym_cards does), 
     python benchmarks/bench_envs.py                   # default: one XLA CPU device
     python benchmarks/bench_envs.py --devices 2       # the batch sharded over 2 host devices
     python benchmarks/bench_envs.py --both            # both, the sharded run in a subprocess
+    python benchmarks/bench_envs.py --style original --original-gym-cards <RL4VLM>/gym-cards
+        # gym_cards' own pictures from its card images; the original is timed too
 
 Prints a table and, last, one JSON line.
 """
@@ -37,17 +39,34 @@ def parse_args(argv=None):
         help="path to the original RL4VLM gym-cards package (the folder holding\n"
         "gym_cards/); when given, it is timed too, one env, random actions",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--style",
+        default="default",
+        choices=("default", "original"),
+        help="picture style; 'original' paints gym_cards' own pictures from the card images\n"
+        "of --original-gym-cards (300 px only)",
+    )
+    args = p.parse_args(argv)
+    if args.style == "original" and not args.original_gym_cards:
+        p.error("--style original needs --original-gym-cards (the card images' checkout)")
+    return args
 
 
-def measure(task, batch, steps, repeats, image_size, devices):
+def env_kwargs(args) -> dict:
+    """envs.make's picture arguments for this run."""
+    if args.style == "original":
+        return {"style": "original", "card_images": args.original_gym_cards}
+    return {"image_size": args.image_size}
+
+
+def measure(task, batch, steps, repeats, picture, devices):
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     import rlvlm_jax.envs as envs
 
-    env, params = envs.make(task, image_size=image_size)
+    env, params = envs.make(task, **picture)
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def body(state, key):
@@ -80,14 +99,14 @@ def measure(task, batch, steps, repeats, image_size, devices):
     return batch * steps / best, compile_s
 
 
-def pil_baseline(task, seconds, image_size):
+def pil_baseline(task, seconds, picture):
     """One environment on the host: game logic per step plus a full PIL picture per step."""
     import jax
     import numpy as np
 
     import rlvlm_jax.envs as envs
 
-    env, params = envs.make(task, image_size=image_size)
+    env, params = envs.make(task, **picture)
     with jax.default_device(jax.devices("cpu")[0]):
         step_logic = jax.jit(lambda k, s, a: env._step_logic(k, s, a, params))
         reset_logic = jax.jit(lambda k, c: env._reset_logic(k, params, c))
@@ -106,7 +125,7 @@ def pil_baseline(task, seconds, image_size):
             )
             if bool(terminated | truncated):
                 state = reset_logic(key, state.canvas)
-            env.picture.paint({k: int(v) for k, v in jax.device_get(variants(state)).items()})
+            env.picture.paint_state(variants(state))
             n += 1
     return n / (time.perf_counter() - t0)
 
@@ -156,6 +175,10 @@ def main(argv=None):
             ]
             if args.tasks:
                 cmd += ["--tasks", args.tasks]
+            if args.style != "default":
+                cmd += ["--style", args.style]
+                if devices != 1:  # the card images, without timing the original a second time
+                    cmd += ["--original-gym-cards", args.original_gym_cards]
             if args.original_gym_cards and devices == 1:
                 cmd += ["--original-gym-cards", args.original_gym_cards]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -172,14 +195,14 @@ def main(argv=None):
 
     print(
         f"# jax {jax.__version__}, {len(jax.devices())} host device(s), "
-        f"{os.cpu_count()} cores, image {args.image_size}x{args.image_size}"
+        f"{os.cpu_count()} cores, image {args.image_size}x{args.image_size}, style {args.style}"
     )
     header = f"{'task':<11} {'devices':>7} {'batch':>6} {'steps/s':>12} {'compile s':>10}"
     print(header + f" {'PIL host baseline':>18} {'ratio':>8} {'original':>9} {'ratio':>8}")
     results = []
     for task in (args.tasks or ",".join(TASK_NAMES)).split(","):
         baseline = (
-            pil_baseline(task, args.baseline_seconds, args.image_size)
+            pil_baseline(task, args.baseline_seconds, env_kwargs(args))
             if args.baseline_seconds > 0
             else None
         )
@@ -190,7 +213,7 @@ def main(argv=None):
         )
         for batch in map(int, args.batch_sizes.split(",")):
             rate, compile_s = measure(
-                task, batch, args.steps, args.repeats, args.image_size, args.devices
+                task, batch, args.steps, args.repeats, env_kwargs(args), args.devices
             )
             ratio = rate / baseline if baseline else None
             ratio_orig = rate / original if original else None

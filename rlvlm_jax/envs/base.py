@@ -19,6 +19,7 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from rlvlm_jax.envs import original_style
 from rlvlm_jax.envs.render import Picture, min_image_size
 from rlvlm_jax.envs.tasks import Task, get_task
 
@@ -39,7 +40,8 @@ def select_logic(pred: jax.Array, on_true, on_false):
     return on_false.replace(**values)
 
 
-_PICTURES: dict[tuple[type, int], Picture] = {}
+_PICTURES: dict[tuple, Picture] = {}
+STYLES = ("default", "original")
 
 
 class CardEnv(environment.Environment):
@@ -58,6 +60,10 @@ class CardEnv(environment.Environment):
         update only where it is used: inside an enclosing `jit` (a rollout `scan`) XLA drops it
         when nothing reads it; a top-level `env.step` call returns it, at the cost of one more
         picture per environment.
+      style: "default" (our drawing, at any legible `image_size`) or "original" (gym_cards' own
+        300 px pictures painted from its card images, `rlvlm_jax.envs.original_style`).
+      card_images: with style="original", the original gym_cards checkout, package or `img`
+        folder (NumberLine needs none).
     """
 
     task_spec: ClassVar[Task | None] = None  # this task's row of `rlvlm_jax.envs.tasks.TASKS`
@@ -72,15 +78,28 @@ class CardEnv(environment.Environment):
             cls.task = cls.task_spec.name
             cls.action_strings = cls.task_spec.action_strings
 
-    def __init__(self, image_size: int | None = None, final_observation: bool = False):
+    def __init__(self, image_size: int | None = None, final_observation: bool = False,
+                 style: str = "default", card_images: str | None = None):
+        if style not in STYLES:
+            raise ValueError(f"{self.task}: style={style!r}; choose one of {STYLES}")
         if image_size is None and self.task_spec is not None:
             image_size = self.task_spec.image_size
         if not isinstance(image_size, int | np.integer) or isinstance(image_size, bool):
             raise TypeError(f"image_size must be an int, got {image_size!r}")
-        key = (type(self), int(image_size))
+        folder = None
+        if style == "original":
+            if image_size != original_style.SIZE:
+                raise ValueError(
+                    f"{self.task}: style='original' draws the original's {original_style.SIZE} px "
+                    f"pictures, not image_size={image_size}; leave image_size unset (the model's "
+                    "preprocessing resizes frames to its input, as RL4VLM's CLIP processor did)")
+            folder = original_style.find_card_images(card_images, self.task)
+        key = (type(self), int(image_size), style, folder)
         if key not in _PICTURES:  # painting every variant takes a moment: once per task and size
-            _PICTURES[key] = self._build_picture(int(image_size))
+            _PICTURES[key] = (self._build_picture(int(image_size)) if style == "default" else
+                              original_style.build_picture(self.task, folder))
         self.picture = _PICTURES[key]
+        self.style = style
         self.image_size = self.picture.size
         self.final_observation = bool(final_observation)
 
@@ -138,8 +157,7 @@ class CardEnv(environment.Environment):
     # ------------------------------------------------------------------------- picture
     def reference_picture(self, state) -> np.ndarray:
         """The host painter's picture of a (single, unbatched) state: what the device must draw."""
-        variants = jax.device_get(self.region_variants(state))
-        return self.picture.paint({k: int(v) for k, v in variants.items()})
+        return self.picture.paint_state(self.region_variants(state))
 
     # ------------------------------------------------------------------------- gymnax API
     @property

@@ -145,6 +145,7 @@ class FormulaEnv(CardEnv):
         ids = card_id(state.ranks, state.suits)
         out = {f"card{i}": ids[i] for i in range(self.num_cards)}
         out.update({f"slot{i}": state.formula[i] for i in range(self.max_tokens + 1)})
+        out["formula"] = (state.formula, state.length)  # the original style's line of tokens
         return out
 
     def _step_logic(self, key, state, action, params):
