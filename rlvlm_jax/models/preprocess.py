@@ -69,6 +69,28 @@ def _pass(x: jax.Array, weights: np.ndarray, axis: int) -> jax.Array:
     return jnp.moveaxis(jnp.clip(acc >> _PRECISION_BITS, 0, 255), -1, axis)
 
 
+def _resize_window(images: jax.Array, nh: int, nw: int, top: int, left: int, crop_h: int,
+                   crop_w: int) -> jax.Array:
+    """PIL's bicubic resize to (nh, nw), computing only the window [top:top + crop_h,
+    left:left + crop_w]. PIL skips a pass whose size does not change; horizontal first."""
+    h, w = images.shape[-3], images.shape[-2]
+    x = images.astype(jnp.int32)
+    if nw != w:
+        x = _pass(x, pil_resize_weights(w, nw)[left:left + crop_w], axis=-2)
+    else:
+        x = x[..., :, left:left + crop_w, :]
+    if nh != h:
+        x = _pass(x, pil_resize_weights(h, nh)[top:top + crop_h], axis=-3)
+    else:
+        x = x[..., top:top + crop_h, :, :]
+    return x
+
+
+def pil_resize(images: jax.Array, height: int, width: int) -> jax.Array:
+    """uint8 (..., h, w, C) -> int32 (..., height, width, C): PIL's bicubic `Image.resize`."""
+    return _resize_window(images, height, width, 0, 0, height, width)
+
+
 def resize_and_crop(images: jax.Array, size: int, crop: int) -> jax.Array:
     """uint8 (..., H, W, C) -> int32 (..., crop, crop, C): PIL bicubic resize of the shortest
     side to `size`, then transformers' centre crop (offsets floor((new - crop) / 2))."""
@@ -76,18 +98,7 @@ def resize_and_crop(images: jax.Array, size: int, crop: int) -> jax.Array:
     nh, nw = resized_shape(h, w, size)
     if crop > nh or crop > nw:
         raise ValueError(f"crop {crop} is larger than the resized image {(nh, nw)}")
-    top, left = (nh - crop) // 2, (nw - crop) // 2
-    x = images.astype(jnp.int32)
-    # PIL skips a pass whose size does not change; horizontal first, then vertical.
-    if nw != w:
-        x = _pass(x, pil_resize_weights(w, nw)[left:left + crop], axis=-2)
-    else:
-        x = x[..., :, left:left + crop, :]
-    if nh != h:
-        x = _pass(x, pil_resize_weights(h, nh)[top:top + crop], axis=-3)
-    else:
-        x = x[..., top:top + crop, :, :]
-    return x
+    return _resize_window(images, nh, nw, (nh - crop) // 2, (nw - crop) // 2, crop, crop)
 
 
 def clip_preprocess(images: jax.Array, size: int = 336, crop: int | None = None,

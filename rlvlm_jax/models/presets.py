@@ -62,3 +62,80 @@ def get(name: str) -> LlavaConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Qwen2-VL / Qwen2.5-VL (rlvlm_jax.models.qwen2_vl). Architecture numbers from the public
+# config.json files of the Qwen/*-Instruct checkpoints on the Hugging Face hub (text: hidden,
+# intermediate, layers, heads, KV heads, vocab, theta 1e6, RMS eps 1e-6, M-RoPE sections
+# 16/24/24 of 64 pairs; vision: depth 32, width 1280, 16 heads, patch 14, merge 2, temporal 2),
+# cross-checked against transformers' Qwen2VLConfig / Qwen2_5_VLConfig defaults (the 7B values).
+# The image size is ours: the models take any multiple of 28 px; 448 x 448 gives 256 tokens.
+# Kept apart from PRESETS, whose entries are LlavaConfigs.
+# ---------------------------------------------------------------------------------------------
+def _qwen2_vl(text_hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+              vocab: int, tie: bool, image_size: int = 448):
+    from rlvlm_jax.models.qwen2_vl import QwenVLConfig
+    from rlvlm_jax.models.qwen_text import QwenTextConfig
+    from rlvlm_jax.models.qwen_vision import QwenVisionConfig
+
+    return QwenVLConfig(
+        vision=QwenVisionConfig(variant="qwen2_vl", hidden_size=1280, intermediate_size=5120,
+                                num_layers=32, num_heads=16, out_hidden_size=text_hidden,
+                                hidden_act="quick_gelu", image_height=image_size,
+                                image_width=image_size),
+        text=QwenTextConfig(vocab_size=vocab, hidden_size=text_hidden,
+                            intermediate_size=intermediate, num_layers=layers, num_heads=heads,
+                            num_kv_heads=kv_heads, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                            mrope_section=(16, 24, 24), tie_embeddings=tie,
+                            max_position_embeddings=32768))
+
+
+def _qwen2_5_vl(text_hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                vocab: int, tie: bool, image_size: int = 448):
+    from rlvlm_jax.models.qwen2_vl import QwenVLConfig
+    from rlvlm_jax.models.qwen_text import QwenTextConfig
+    from rlvlm_jax.models.qwen_vision import QwenVisionConfig
+
+    return QwenVLConfig(
+        vision=QwenVisionConfig(variant="qwen2_5_vl", hidden_size=1280, intermediate_size=3420,
+                                num_layers=32, num_heads=16, out_hidden_size=text_hidden,
+                                hidden_act="silu", window_size=112,
+                                fullatt_block_indexes=(7, 15, 23, 31), image_height=image_size,
+                                image_width=image_size),
+        text=QwenTextConfig(vocab_size=vocab, hidden_size=text_hidden,
+                            intermediate_size=intermediate, num_layers=layers, num_heads=heads,
+                            num_kv_heads=kv_heads, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                            mrope_section=(16, 24, 24), tie_embeddings=tie,
+                            max_position_embeddings=128000))
+
+
+def qwen2_vl_2b():
+    """Qwen/Qwen2-VL-2B-Instruct (2.2B): Qwen2-1.5B decoder (GQA 12/2, tied embeddings)."""
+    return _qwen2_vl(1536, 8960, 28, 12, 2, 151936, tie=True)
+
+
+def qwen2_vl_7b():
+    """Qwen/Qwen2-VL-7B-Instruct (8.3B): Qwen2-7B decoder (GQA 28/4, untied)."""
+    return _qwen2_vl(3584, 18944, 28, 28, 4, 152064, tie=False)
+
+
+def qwen2_5_vl_3b():
+    """Qwen/Qwen2.5-VL-3B-Instruct (3.8B): Qwen2.5-3B decoder (GQA 16/2, tied embeddings),
+    window-attention ViT (112 px windows, full attention at blocks 7/15/23/31)."""
+    return _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, tie=True)
+
+
+def qwen2_5_vl_7b():
+    """Qwen/Qwen2.5-VL-7B-Instruct (8.3B): Qwen2.5-7B decoder (GQA 28/4, untied)."""
+    return _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, tie=False)
+
+
+QWEN_PRESETS = {"qwen2-vl-2b": qwen2_vl_2b, "qwen2-vl-7b": qwen2_vl_7b,
+                "qwen2.5-vl-3b": qwen2_5_vl_3b, "qwen2.5-vl-7b": qwen2_5_vl_7b}
+
+
+def get_qwen(name: str):
+    if name not in QWEN_PRESETS:
+        raise KeyError(f"unknown Qwen-VL preset {name!r}; known: {sorted(QWEN_PRESETS)}")
+    return QWEN_PRESETS[name]()

@@ -1,0 +1,283 @@
+"""Qwen2-VL / Qwen2.5-VL glue: vision tower -> patch merger -> `<|image_pad|>` tokens of the
+Qwen2 decoder, with M-RoPE positions; the same interface as `llava.LlavaModel`.
+
+Images have one fixed size (the config's), so every image gives the same number of tokens and
+every shape is static: merged features replace the image pad tokens of each row in order (the
+static gather of `llava.merge_image_features`), and the 3-D positions of `get_rope_index` are
+computed on the device from the token ids (`qwen_text.mrope_positions`).
+
+Images enter channels-last and normalised, (B, H, W, C) or (B, K, H, W, C) (see
+`qwen_preprocess.resize_normalize`), or already patchified in transformers' `pixel_values`
+layout, (B, N, C*T*P*P) or (B, K, N, C*T*P*P) (`qwen_preprocess.patchify`).
+
+Decoding needs each row's rope delta (max prompt position + 1 - prompt tokens): `prefill`
+stores it in the cache dict under "rope_delta" and `decode` adds it to the positions it is given
+(the sampler's count of real tokens), so `sampling.generate` runs this model unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from rlvlm_jax.models.common import param
+from rlvlm_jax.models.llama import init_cache as _init_kv_cache
+from rlvlm_jax.models.llava import draw_params, merge_image_features, split_params
+from rlvlm_jax.models.qwen_preprocess import patchify
+from rlvlm_jax.models.qwen_text import (
+    QwenDecoder,
+    QwenTextConfig,
+    mrope_positions,
+    text_positions,
+)
+from rlvlm_jax.models.qwen_vision import QwenVisionConfig, QwenVisionTower, layer_norm, rms_norm
+
+MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+               "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+# Partition rules for the params that `rlvlm_jax.sharding.PARAM_RULES` does not cover yet (or
+# covers only by its replicated catch-all); to be placed before that table's rules. Every other
+# Qwen param (vision q/k/v/o and fc1/fc2, the merger as projector/linear_*, the decoder) already
+# matches the CLIP/LLaVA/LLaMA rules with the same shapes.
+QWEN_PARAM_RULES: tuple[tuple[str, P], ...] = (
+    (r"^vision/patch_proj$", P(None, "fsdp")),  # (C*T*P*P, Dv)
+    (r"^vision/layers/\d+/(gate|up)_proj$", P("fsdp", "tensor")),  # (Dv, F) Qwen2.5 SwiGLU
+    (r"^vision/layers/\d+/(gate|up)_bias$", P("tensor")),  # (F,)
+    (r"^vision/layers/\d+/down_proj$", P("tensor", "fsdp")),  # (F, Dv)
+    (r"^text/layers/\d+/[qkv]_bias$", P("tensor", None)),  # (H or K, hd), like the projections
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenVLConfig:
+    """The whole VLM. `vision.variant` is the transformers model_type (qwen2_vl, qwen2_5_vl)."""
+
+    vision: QwenVisionConfig = dataclasses.field(default_factory=QwenVisionConfig)
+    text: QwenTextConfig = dataclasses.field(default_factory=QwenTextConfig)
+    image_token_id: int = 151655  # <|image_pad|>
+    video_token_id: int = 151656  # <|video_pad|>: rejected (no video inputs)
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    pad_token_id: int = 151643  # <|endoftext|>
+    eos_token_id: int = 151645  # <|im_end|>
+
+    @property
+    def model_type(self) -> str:
+        return self.vision.variant
+
+    @property
+    def num_image_tokens(self) -> int:
+        """`<|image_pad|>` tokens per image: patches after the spatial merge."""
+        return self.vision.num_tokens
+
+    @property
+    def merged_hw(self) -> tuple[int, int]:
+        return self.vision.merged_h, self.vision.merged_w
+
+    def validate(self) -> None:
+        self.vision.validate()
+        self.text.validate()
+        if self.vision.out_hidden_size != self.text.hidden_size:
+            raise ValueError(f"QwenVLConfig: the merger's out_hidden_size "
+                             f"{self.vision.out_hidden_size} must equal the text hidden_size "
+                             f"{self.text.hidden_size}")
+        for name in ("image_token_id", "video_token_id"):
+            v = getattr(self, name)
+            if not 0 <= v < self.text.vocab_size:
+                raise ValueError(f"QwenVLConfig: {name} {v} must lie inside the vocabulary "
+                                 f"(size {self.text.vocab_size})")
+
+
+def check_inputs(input_ids, images, cfg: QwenVLConfig) -> None:
+    """Host-side checks (before compiling): no video, images at the fixed grid, and exactly the
+    image pad tokens the images fill in every row."""
+    ids = np.asarray(input_ids)
+    if np.any(ids == cfg.video_token_id):
+        raise ValueError(f"video inputs are not supported: input_ids contain the video pad "
+                         f"token {cfg.video_token_id} (<|video_pad|>)")
+    n_img = 0 if images is None else num_images(images, cfg)
+    counts = np.sum(ids == cfg.image_token_id, axis=-1)
+    want = n_img * cfg.num_image_tokens
+    bad = np.nonzero(counts != want)[0]
+    if bad.size:
+        raise ValueError(f"rows {bad.tolist()} have {counts[bad].tolist()} image pad tokens (id "
+                         f"{cfg.image_token_id}); each row needs {want} ({n_img} image(s) x "
+                         f"{cfg.num_image_tokens} for the fixed {cfg.vision.image_height}x"
+                         f"{cfg.vision.image_width} px grid)")
+
+
+def num_images(images, cfg: QwenVLConfig) -> int:
+    """Images per row of an image batch in one of the accepted layouts, else a readable error
+    (other sizes would need transformers' dynamic resolution, which has no static shape)."""
+    v = cfg.vision
+    shape = tuple(np.shape(images))
+    pixels = (v.image_height, v.image_width, v.num_channels)
+    patches = (v.num_patches, v.patch_dim)
+    if len(shape) in (4, 5) and shape[-3:] == pixels:
+        return 1 if len(shape) == 4 else shape[1]
+    if len(shape) in (3, 4) and shape[-2:] == patches:
+        return 1 if len(shape) == 3 else shape[1]
+    raise ValueError(
+        f"images of shape {shape} do not fit the fixed grid: expected channels-last pixels "
+        f"(B[, K], {v.image_height}, {v.image_width}, {v.num_channels}) or patches (B[, K], "
+        f"{v.num_patches}, {v.patch_dim}); other resolutions (transformers' dynamic "
+        f"resolution) and videos are not supported")
+
+
+class PatchMerger(nnx.Module):
+    """Qwen's merger: per-patch norm (LayerNorm for Qwen2-VL, RMSNorm for Qwen2.5-VL), concat of
+    each merge block's patches, Linear-GELU-Linear to the text width."""
+
+    def __init__(self, cfg: QwenVisionConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        self.cfg, self.dtype = cfg, dtype
+        d = cfg.hidden_size * cfg.spatial_merge_size ** 2
+        p = lambda shape, kind="normal": param(rngs, shape, param_dtype, kind)
+        self.norm_scale = p((cfg.hidden_size,), "ones")
+        if cfg.variant == "qwen2_vl":
+            self.norm_bias = p((cfg.hidden_size,), "zeros")
+        self.linear_1, self.linear_1_bias = p((d, d)), p((d,), "zeros")
+        self.linear_2, self.linear_2_bias = p((d, cfg.out_hidden_size)), p(
+            (cfg.out_hidden_size,), "zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, N, Dv) patches in merge-block order -> (B, N / merge^2, D_text)."""
+        cfg, dtype = self.cfg, self.dtype
+        x = x.astype(dtype)
+        if cfg.variant == "qwen2_vl":
+            x = layer_norm(x, self.norm_scale[...], self.norm_bias[...], cfg.norm_eps)
+        else:
+            x = rms_norm(x, self.norm_scale[...], cfg.norm_eps)
+        x = x.reshape(x.shape[0], cfg.num_tokens, -1)
+        x = x @ self.linear_1[...].astype(dtype) + self.linear_1_bias[...].astype(dtype)
+        x = jax.nn.gelu(x, approximate=False)
+        return x @ self.linear_2[...].astype(dtype) + self.linear_2_bias[...].astype(dtype)
+
+
+class QwenVLModel(nnx.Module):
+    """Vision tower + merger + Qwen2 decoder with M-RoPE."""
+
+    def __init__(self, cfg: QwenVLConfig, *, param_dtype=jnp.float32, dtype=jnp.float32,
+                 remat: bool = False, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg = cfg
+        self.dtype = dtype
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.vision = QwenVisionTower(cfg.vision, remat=remat, **kw)
+        self.projector = PatchMerger(cfg.vision, **kw)
+        self.text = QwenDecoder(cfg.text, remat=remat, **kw)
+
+    # -- images ---------------------------------------------------------------------------------
+    def _patches(self, images: jax.Array) -> jax.Array:
+        """Any accepted image layout -> patches (B * K, N, C*T*P*P)."""
+        v = self.cfg.vision
+        k = num_images(images, self.cfg)
+        b = images.shape[0]
+        if images.shape[-1] == v.patch_dim and images.shape[-2] == v.num_patches:
+            return images.reshape(b * k, v.num_patches, v.patch_dim)
+        images = images.reshape(b * k, v.image_height, v.image_width, v.num_channels)
+        return patchify(images, v.patch_size, v.temporal_patch_size, v.spatial_merge_size)
+
+    def image_features(self, images: jax.Array) -> jax.Array:
+        """Images -> merged features (B, K * num_image_tokens, D_text)."""
+        b, k = images.shape[0], num_images(images, self.cfg)
+        feats = self.projector(self.vision(self._patches(images)))
+        return feats.reshape(b, k * feats.shape[1], feats.shape[-1])
+
+    def embed(self, input_ids: jax.Array, images: jax.Array | None) -> jax.Array:
+        embeds = self.text.embed_tokens(input_ids)
+        if images is not None:
+            embeds = merge_image_features(embeds, input_ids, self.image_features(images),
+                                          self.cfg.image_token_id)
+        return embeds
+
+    # -- positions ------------------------------------------------------------------------------
+    def positions(self, input_ids: jax.Array, attention_mask: jax.Array, with_images: bool,
+                  text_from: int | None = None) -> tuple[jax.Array, jax.Array]:
+        """(3, B, S) M-RoPE positions and (B,) rope deltas; 1-D positions without images."""
+        if not with_images:
+            pos = text_positions(attention_mask)
+            return (jnp.broadcast_to(pos[None], (3, *pos.shape)),
+                    jnp.zeros(pos.shape[:1], jnp.int32))
+        return mrope_positions(input_ids, attention_mask, self.cfg.image_token_id,
+                               self.cfg.merged_hw, text_from)
+
+    def score_positions(self, input_ids: jax.Array, attention_mask: jax.Array,
+                        completion_mask: jax.Array, with_images: bool = True) -> jax.Array:
+        """Positions (3, B, P + T) of a left-padded prompt (B, P) followed by its right-padded
+        completion (B, T), whose tokens are text whatever their ids (teacher-forced scoring)."""
+        p = input_ids.shape[1]
+        mask = jnp.concatenate([attention_mask, completion_mask.astype(attention_mask.dtype)],
+                               axis=1)
+        ids = jnp.concatenate([input_ids, jnp.zeros(completion_mask.shape, input_ids.dtype)],
+                              axis=1)
+        pos, _ = self.positions(ids, mask, with_images, text_from=p)
+        return pos
+
+    # -- forward --------------------------------------------------------------------------------
+    def hidden_states(self, input_ids: jax.Array, images: jax.Array | None,
+                      attention_mask: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Final (post-norm) hidden states (B, S, D) in the compute dtype (the value head's
+        input)."""
+        if positions is None:
+            positions, _ = self.positions(input_ids, attention_mask, images is not None)
+        hidden, _ = self.text.forward(self.embed(input_ids, images), positions, attention_mask)
+        return hidden
+
+    def __call__(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """Float32 logits (B, S, V)."""
+        return self.text.logits(self.hidden_states(input_ids, images, attention_mask, positions))
+
+    # -- KV-cache sampling ----------------------------------------------------------------------
+    def init_cache(self, batch: int, length: int, dtype=None) -> dict:
+        """A zeroed cache with room for `length` slots, including the rope delta entry."""
+        cache = _init_kv_cache(self.cfg.text, batch, length, dtype or self.dtype)
+        return {**cache, "rope_delta": jnp.zeros((batch,), jnp.int32)}
+
+    def prefill(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
+                cache: dict) -> tuple[jax.Array, dict]:
+        """Run the left-padded prompt, fill cache slots [0, S) and the rope delta; return the
+        last slot's hidden state (B, D)."""
+        positions, delta = self.positions(input_ids, attention_mask, images is not None)
+        hidden, cache = self.text.forward(self.embed(input_ids, images), positions,
+                                          attention_mask, cache)
+        return hidden[:, -1], {**cache, "rope_delta": delta}
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array, cache: dict,
+               index: jax.Array) -> tuple[jax.Array, dict]:
+        """One token per row (B,) at slot `index`; `positions` (B,) counts the row's real tokens
+        before it (the sampler's convention) and the cached rope delta is added. Returns float32
+        logits (B, V) and the new cache."""
+        delta = cache.get("rope_delta")
+        if delta is not None:
+            positions = positions + delta
+        x = self.text.embed_tokens(tokens[:, None])
+        hidden, cache = self.text.decode(x, positions[:, None], kv_mask, cache, index)
+        return self.text.logits(hidden[:, 0]), cache
+
+
+def abstract_model(cfg: QwenVLConfig, **kwargs):
+    """Graphdef and ShapeDtypeStruct params without allocating (conversion, AOT plans)."""
+    model = nnx.eval_shape(lambda: QwenVLModel(cfg, rngs=nnx.Rngs(0), **kwargs))
+    return split_params(model)
+
+
+def init_params(cfg: QwenVLConfig, seed: int = 0, **kwargs):
+    """(graphdef, random params) from one compiled draw (see `llava.init_params`)."""
+    model = nnx.eval_shape(lambda: QwenVLModel(cfg, rngs=nnx.Rngs(0), **kwargs))
+    graphdef, state = nnx.split(model, nnx.Param)
+    return graphdef, draw_params(state, jax.random.key(seed))
+
+
+def make_forward(graphdef, **jit_kwargs):
+    """A jitted `(params, input_ids, images, attention_mask) -> float32 logits`; create once."""
+
+    def forward(params, input_ids, images, attention_mask):
+        return nnx.merge(graphdef, params)(input_ids, images, attention_mask)
+
+    return jax.jit(forward, **jit_kwargs)
