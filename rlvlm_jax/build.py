@@ -5,13 +5,20 @@ shape-only.
 once, checks it, and hands each component the section it owns:
 
     tokenizer  <- config.tokenizer (or the checkpoint's)        text/tokenizer.py
-    env        <- task, image_size                               envs/
+    env        <- task, image_size (env.kind "gymnax"), or the      envs/
+                  host task spec env.host (env.kind "host")      envs/host.py
     prompts    <- task, cot, template (PromptEncoder)            text/prompt_encoder.py
     policy     <- config.model (+ model.checkpoint)              rl/policy.py, models/
     optimisers <- config.sft, config.ppo                         rl/optimizer.py, rl/lora.py
     mesh       <- config.mesh (params by the rule table)         sharding.py
     compiled   <- SFT step and greedy answers, rollout, PPO      rl/sft.py, rl/rollout.py,
                   update, evaluation                             rl/ppo.py
+
+`config.env.kind` (default "gymnax") picks the environment: the jitted card tasks, stepped inside
+the compiled rollout, or "host": a gymnasium environment named by the task spec `config.env.host`
+("package.module:name", see `envs.host`), stepped on the host between compiled policy steps
+(`rl.host_rollout.HostActor`); everything else (SFT, the PPO update, evaluation, checkpoints) is
+the same `Run`.
 
 With `abstract=True` nothing is allocated: params, optimiser state and env states are
 `jax.ShapeDtypeStruct`s carrying the shardings the concrete run would have, so the planner
@@ -38,14 +45,16 @@ from jax.sharding import PartitionSpec as P
 import rlvlm_jax.envs as envs
 from rlvlm_jax import pretrain as pretrain_lib
 from rlvlm_jax.data import card_suite
+from rlvlm_jax.envs import host as host_lib
 from rlvlm_jax.rl import advantages as adv_lib
 from rlvlm_jax.rl import lora as lora_lib
-from rlvlm_jax.rl import losses, single_turn
+from rlvlm_jax.rl import losses, sft_data, single_turn
 from rlvlm_jax.rl import optimizer as optim
 from rlvlm_jax.rl import policy as policy_lib
 from rlvlm_jax.rl import ppo as ppo_lib
 from rlvlm_jax.rl import rewards as rewards_lib
 from rlvlm_jax.rl import sft as sft_lib
+from rlvlm_jax.rl.host_rollout import HostActor
 from rlvlm_jax.rl.rollout import Actor, EnvCarry
 from rlvlm_jax.sharding import BATCH, make_mesh, param_shardings
 from rlvlm_jax.text.prompt_encoder import TEMPLATES, PromptEncoder
@@ -59,7 +68,9 @@ STAGES = ("sft", "ppo")
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, model.param_dtype
 INITS = ("normal", "fan_in")  # model.init (rl/policy.py: init_policy)
 PIXELS = ("clip", "ink")  # model.pixels (rl/policy.py: Policy.preprocess)
+ENV_KINDS = ("gymnax", "host")  # env.kind: jitted card tasks, or gymnasium envs on the host
 NAMED = {  # field -> the names it may take
+    "env.kind": ENV_KINDS,
     "template": TEMPLATES,
     "model.init": INITS,
     "model.pixels": PIXELS,
@@ -122,7 +133,7 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
     checked here (`policy.llava_config` checks them when the planner uses them).
     """
     c, p = config, config.ppo
-    if c.task not in {n.removesuffix("-v0") for n in envs.GYMNAX_IDS.values()}:
+    if not is_host(c) and c.task not in {n.removesuffix("-v0") for n in envs.GYMNAX_IDS.values()}:
         raise ValueError(f"config.task {c.task!r} is not one of {list(envs.GYMNAX_IDS)}")
     _check_fields(c)
     if not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1
@@ -130,6 +141,36 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
         raise ValueError(f"config.model.value_hidden must be positive widths, got "
                          f"{c.model.value_hidden!r}")
     _check_rest(c, p, abstract, model)
+    if is_host(c):
+        _validate_host(c, abstract)
+
+
+def is_host(config) -> bool:
+    """Whether the run's environment is a host (gymnasium) one, `config.env.kind == "host"`."""
+    return _field(config, "env.kind", "gymnax") == "host"
+
+
+def _validate_host(c, abstract: bool) -> None:
+    """A host run: the task spec loads, names the run's task, and its env's spaces fit it (one
+    env is made); SFT has demonstrations to learn from. Before anything is compiled."""
+    if abstract:
+        raise ValueError("the planner does not take host environments (config.env.kind="
+                         "'host'): their steps run on the host between compiled calls; plan "
+                         "the run with env.kind='gymnax' and a card task of the same picture and "
+                         "prompt sizes")
+    if jax.process_count() > 1:
+        raise ValueError("host environments (config.env.kind='host') run in one process only; "
+                         "multi-host runs need env.kind='gymnax'")
+    spec = host_lib.load_spec(_field(c, "env.host", ""), c)
+    if spec.name != c.task:
+        raise ValueError(f"config.task {c.task!r} is not the host task's name {spec.name!r} "
+                         f"(config.env.host = {c.env.host!r}); set --config.task={spec.name}")
+    host_lib.check_env(spec)
+    if c.sft.steps > 0 and not (_field(c, "sft.json", "") or "") and spec.demonstrations is None:
+        raise ValueError(f"config.sft.steps = {c.sft.steps} would generate demonstrations from "
+                         f"the env's oracle, and the host task {spec.name!r} has none (its spec "
+                         "gives no demonstrations function): give LLaVA-format demonstrations "
+                         "with --config.sft.json=FILE, or set --config.sft.steps=0")
 
 
 def _check_fields(c, named=None, at_least=None, ranges=None, required: bool = False) -> None:
@@ -163,8 +204,9 @@ def _check_fields(c, named=None, at_least=None, ranges=None, required: bool = Fa
 
 
 def _check_rest(c, p, abstract: bool, model) -> None:
-    # Pictures: the env draws them at image_size; legible text needs a least size per task.
-    smallest = envs.TASKS[c.task].min_image_size()
+    # Pictures: the env draws them at image_size; legible text needs a least size per task
+    # (a host env's pictures are resized to image_size: only the card tasks' sizes are known).
+    smallest = envs.TASKS[c.task].min_image_size() if c.task in envs.TASKS else 1
     if isinstance(c.image_size, bool) or not isinstance(c.image_size, numbers.Integral) \
             or not smallest <= c.image_size <= MAX_IMAGE_SIZE:
         raise ValueError(f"config.image_size must be in [{smallest}, {MAX_IMAGE_SIZE}] for "
@@ -222,7 +264,7 @@ def _check_rest(c, p, abstract: bool, model) -> None:
     if model is None and not checkpoint:
         _validate_architecture(c)
         if starts_from_reader(c):
-            _validate_recipe(c)
+            _validate_recipe(c, None if c.task in envs.TASKS else ())
 
     # Files and what only a concrete run needs.
     if not abstract and c.require_checkpoint and not checkpoint:
@@ -367,6 +409,7 @@ class Run:
     update: Any  # (params, opt, traj, last_value, key, ref) -> (params, opt, metrics)
     rollout_metrics: Any  # traj -> scalars
     evaluate_fn: Any  # (params, key, temperature) -> first-episode statistics
+    host: host_lib.HostTaskSpec | None = None  # the task spec of a host env (env.kind "host")
 
     # --------------------------------------------------------------------------------- parts
     @property
@@ -404,8 +447,11 @@ class Run:
         return params
 
     def reset_envs(self, key) -> EnvCarry:
-        """Fresh env states for the PPO environments, split over the mesh's batch axes."""
+        """Fresh env states for the PPO environments, split over the mesh's batch axes (host
+        envs: reset on the host, a `HostCarry` of host arrays)."""
         n = self.config.ppo.num_envs
+        if self.host is not None:
+            return self.actor.reset(key, n)
         if self.abstract:
             shapes = jax.eval_shape(lambda k: self.actor.reset(k, n), key)
             batch = None if self.mesh is None else NamedSharding(self.mesh, P(BATCH))
@@ -431,13 +477,33 @@ class Run:
         s = jax.eval_shape(lambda: jax.random.key(0))
         return jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self._replicated())
 
+    def demonstrations(self, num: int, key, wrong_share: float):
+        """(SFT demonstrations, whether to encode their own prompt texts) generated for the
+        run's task: the card env's oracle, or a host task spec's `demonstrations` (pictures
+        resized to image_size; None when it has none)."""
+        c = self.config
+        if self.host is None:
+            return sft_data.make_demonstrations(self.env, num, key, wrong_share, c.cot), False
+        if self.host.demonstrations is None:
+            return None, True
+        demos = self.host.demonstrations(num, key, wrong_share)
+        demos.images = host_lib.frames_of(demos.images, c.image_size)
+        return demos, True
+
     # ------------------------------------------------------------------------ checkpoints
     def ppo_state(self, params, opt_state, carry: EnvCarry, rng, ref_params):
+        """The PPO checkpoint. A host env's state lives in the env and is not saved (only the
+        running episode sums, for a fixed layout); resuming resets the envs."""
+        if self.host is not None:
+            env = {"ep_return": jnp.asarray(carry.ep_return),
+                   "ep_length": jnp.asarray(carry.ep_length)}
+        else:
+            env = {"state": serialization.to_state_dict(carry.state),
+                   "ep_return": carry.ep_return, "ep_length": carry.ep_length}
         state = {
             "params": params,
             "opt": opt_state,
-            "env": {"state": serialization.to_state_dict(carry.state),
-                    "ep_return": carry.ep_return, "ep_length": carry.ep_length},
+            "env": env,
             "rng": _key_data(rng),
         }
         if self.keeps_reference:
@@ -445,9 +511,15 @@ class Run:
         return state
 
     def unpack_ppo_state(self, state, template_carry: EnvCarry):
+        """(params, opt, carry, rng, ref_params) of a PPO checkpoint; `template_carry` is a
+        fresh `reset_envs` carry. Host envs cannot be restored: the fresh carry goes on (new
+        episodes; the saved episode sums are dropped)."""
         env = state["env"]
-        carry = EnvCarry(serialization.from_state_dict(template_carry.state, env["state"]),
-                         env["ep_return"], env["ep_length"])
+        if self.host is not None:
+            carry = template_carry
+        else:
+            carry = EnvCarry(serialization.from_state_dict(template_carry.state, env["state"]),
+                             env["ep_return"], env["ep_length"])
         return (state["params"], state["opt"], carry, jax.random.wrap_key_data(state["rng"]),
                 state.get("ref_params"))
 
@@ -460,7 +532,10 @@ class Run:
         if stage != "ppo":
             raise ValueError(f"unknown checkpoint stage {stage!r}; known: {STAGES}")
         params = self.with_lora(params)
-        carry = self.reset_envs(jax.random.fold_in(self.keys.ppo, 1))
+        if self.host is not None:  # the layout only: the envs are not touched
+            carry = self.actor.placeholder(self.config.ppo.num_envs)
+        else:
+            carry = self.reset_envs(jax.random.fold_in(self.keys.ppo, 1))
         ref = params if self.keeps_reference else None
         return self.ppo_state(params, self.init_opt_state(self.ppo_tx, params), carry,
                               jax.random.fold_in(self.keys.ppo, 0), ref)
@@ -624,10 +699,16 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
     c = config
     cfg, tokenizer = _tokenizer_and_architecture(c, workdir, model)
     bootstrap = not c.ppo.truncation_as_termination
-    env, env_params = envs.make(c.task, image_size=c.image_size, final_observation=bootstrap)
-    max_formula = getattr(env, "max_tokens", -1) + 1
-    encoder = PromptEncoder(tokenizer, c.task, c.cot, c.template, cfg.num_image_tokens,
-                            max_formula=max_formula)
+    spec = host_lib.load_spec(c.env.host, c) if is_host(c) else None
+    if spec is not None:  # a gymnasium env on the host (checked by validate_config)
+        env, env_params, task = spec, None, spec.task
+        encoder = host_lib.HostPrompts(spec, tokenizer, cfg.num_image_tokens)
+    else:
+        env, env_params = envs.make(c.task, image_size=c.image_size, final_observation=bootstrap)
+        task = c.task
+        max_formula = getattr(env, "max_tokens", -1) + 1
+        encoder = PromptEncoder(tokenizer, c.task, c.cot, c.template, cfg.num_image_tokens,
+                                max_formula=max_formula)
     if prompt_tokens:  # an int, or a function of the encoder (the planner's estimate)
         encoder.length = int(prompt_tokens(encoder) if callable(prompt_tokens) else prompt_tokens)
     check_positions(cfg, encoder.length, c.max_new_tokens)
@@ -646,8 +727,12 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
         ppo_shapes = jax.eval_shape(lambda p: lora_lib.add_lora(p, c.ppo, keys.ppo), shapes)
     ppo_tx = optim.make_optimizer(ppo_schedule, c.ppo.weight_decay, c.ppo.grad_clip,
                                   ppo_shapes, c.ppo.freeze_vision)
-    actor = Actor(env, env_params, policy, tokenizer, encoder, c.max_new_tokens,
-                  c.ppo.thought_lambda, c.ppo.action_only, bootstrap)
+    if spec is not None:
+        actor = HostActor(spec, policy, tokenizer, encoder, c.image_size, c.max_new_tokens,
+                          c.ppo.thought_lambda, c.ppo.action_only, bootstrap, mesh)
+    else:
+        actor = Actor(env, env_params, policy, tokenizer, encoder, c.max_new_tokens,
+                      c.ppo.thought_lambda, c.ppo.action_only, bootstrap)
     max_new = c.max_new_tokens
     return Run(
         config=c, abstract=abstract, tokenizer=tokenizer, cfg=cfg, env=env,
@@ -655,13 +740,14 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
         keys=keys, compiler_options=xla, sft_schedule=sft_schedule, sft_tx=sft_tx,
         ppo_schedule=ppo_schedule, ppo_tx=ppo_tx, actor=actor,
         sft_step=sft_lib.make_sft_step(policy, sft_tx, compiler_options=xla),
-        sft_answer=sft_lib.make_sft_eval(policy, tokenizer, c.task, max_new,
+        sft_answer=sft_lib.make_sft_eval(policy, tokenizer, task, max_new,
                                          compiler_options=xla),
         rollout=actor.make_rollout(c.ppo.num_steps, xla),
         update=ppo_lib.make_ppo_update(policy, ppo_tx, c.ppo, xla),
         rollout_metrics=jax.jit(lambda traj: {**ppo_lib.rollout_metrics(traj, max_new),
                                               "tokens": jnp.sum(traj.lengths)}),
         evaluate_fn=actor.make_evaluate(c.eval.episodes, c.eval.max_steps, xla),
+        host=spec,
     )
 
 

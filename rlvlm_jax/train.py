@@ -8,7 +8,8 @@ Everything is built once before the loops by `rlvlm_jax.build.build` (the SFT st
 one `lax.scan` over env steps with sampling and parsing inside, the PPO update, the evaluation);
 the host loop here only calls them, logs and saves. Re-running with the same workdir resumes from
 the newest readable checkpoint (params, optimiser state, env states, RNG, counters) and continues
-exactly where it stopped.
+exactly where it stopped; host environments (`config.env.kind = "host"`, `envs.host`) are reset
+instead, since their state lives outside JAX and cannot be saved.
 Outputs in the workdir: tokenizer/, checkpoints/, tb/ (TensorBoard), config.json, results.json.
 """
 
@@ -81,8 +82,8 @@ class Outputs:
             old = json.loads(path.read_text())
             new = json.loads(text)
             # Run length and logging may change on resume; the model, task and data may not.
-            fixed = ("task", "image_size", "cot", "template", "model", "tokenizer", "seed",
-                     "max_new_tokens")
+            fixed = ("task", "env", "image_size", "cot", "template", "model", "tokenizer",
+                     "seed", "max_new_tokens")
             diff = [k for k in fixed if old.get(k) != new.get(k)]
             if diff:
                 raise ValueError(f"{self.workdir} holds a run with a different config in {diff}; "
@@ -118,12 +119,18 @@ def run_sft(run: Run, out: Outputs, params, opt_state, start: int, meta: dict,
     else:
         print(f"[sft] generating {c.sft.num_demos} demonstrations (wrong share "
               f"{c.sft.wrong_share})", flush=True)
-        data = sft_lib.make_sft_data(run.env, run.tokenizer, run.encoder, c.sft.num_demos,
-                                     run.keys.data, c.sft.wrong_share, c.cot, c.max_new_tokens)
-    held_demos = sft_data.make_demonstrations(run.env, c.sft.eval_samples, run.keys.held, 0.0,
-                                              c.cot)
-    held = jax.device_put(sft_lib.encode_demonstrations(held_demos, run.encoder, run.tokenizer,
-                                                        c.max_new_tokens))
+        demos, own_prompts = run.demonstrations(c.sft.num_demos, run.keys.data,
+                                                c.sft.wrong_share)
+        data = sft_lib.encode_demonstrations(demos, run.encoder, run.tokenizer,
+                                             c.max_new_tokens, prompt_text=own_prompts)
+    # Held-out oracle answers; a host task without a demonstrations function has none.
+    held_demos, own_prompts = run.demonstrations(c.sft.eval_samples, run.keys.held, 0.0)
+    if held_demos is not None:
+        held = jax.device_put(sft_lib.encode_demonstrations(
+            held_demos, run.encoder, run.tokenizer, c.max_new_tokens, prompt_text=own_prompts))
+    else:
+        print("[sft] the host task has no demonstrations function: no held-out SFT evaluation",
+              flush=True)
     data = jax.device_put(data)
     schedule = run.sft_schedule
     progress = Progress("sft", c.sft.steps, start)
@@ -131,6 +138,9 @@ def run_sft(run: Run, out: Outputs, params, opt_state, start: int, meta: dict,
     def eval_fn(p):
         return sft_lib.evaluate_sft(run.sft_answer, p, held, run.tokenizer,
                                     held_demos.responses, batch=min(256, c.sft.eval_samples))
+
+    if held_demos is None:
+        eval_fn = None
 
     def log(record):
         step = record["step"]

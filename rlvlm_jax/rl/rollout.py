@@ -10,6 +10,10 @@ observation is computed, only when some environment truncated, from the env's
 `final_observation` and the step's own prompt: every card task truncates either on a time limit
 (the prompt is constant) or, in the formula tasks, on a move that is ignored (the formula did not
 change), so the step's prompt is the final state's prompt.
+
+The policy's half of a step (`Acting.decide`: sample, parse, value, log-prob) is shared with the
+host-environment actor of `rl.host_rollout`, which steps gymnasium environments on the host
+between compiled calls and stacks the same `StepOutput` records.
 """
 
 from __future__ import annotations
@@ -61,7 +65,89 @@ class EnvCarry(NamedTuple):
     ep_length: jax.Array  # int32 [B]
 
 
-class Actor:
+class Decision(NamedTuple):
+    """What the policy did for a batch [B, ...] of observations: the `StepOutput` fields that do
+    not depend on the environment's answer."""
+
+    tokens: jax.Array  # int32 [B, R]
+    lengths: jax.Array  # int32 [B]
+    token_logp: jax.Array  # float32 [B, R]
+    cot_mask: jax.Array  # bool [B, R]
+    action_mask: jax.Array  # bool [B, R]
+    logp: jax.Array  # float32 [B]
+    value: jax.Array  # float32 [B]
+    action: jax.Array  # int32 [B]
+    parsed: jax.Array  # bool [B]
+
+
+def step_output(frames, prompt_ids, prompt_mask, d: Decision, reward, terminated, truncated,
+                final_value, episode_return, episode_length) -> StepOutput:
+    """One step's record from what the policy did and what the environment answered (leaves
+    [B, ...], or [T, B, ...] for a whole trajectory)."""
+    return StepOutput(
+        frames=frames, prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=d.tokens,
+        lengths=d.lengths, token_logp=d.token_logp, cot_mask=d.cot_mask,
+        action_mask=d.action_mask, logp=d.logp, value=d.value, action=d.action, parsed=d.parsed,
+        reward=reward, terminated=terminated, truncated=truncated, final_value=final_value,
+        episode_return=episode_return, episode_length=episode_length,
+    )
+
+
+class Acting:
+    """The policy's side of a step, shared by the jitted-env `Actor` and the host-env actor
+    (`rl.host_rollout.HostActor`): picture + prompt -> sampled text -> parsed action (a uniformly
+    random legal action when the text does not parse) -> lambda-scaled log-prob and value."""
+
+    def __init__(self, policy, tokenizer, task, num_actions: int, pad_id: int,
+                 max_new_tokens: int, thought_lambda: float = 0.5, action_only: bool = False):
+        self.policy = policy
+        self.num_actions = int(num_actions)
+        self.table = byte_table(tokenizer, policy.cfg.text.vocab_size)
+        self.parser = make_action_parser(task)
+        self.sampling = sampling.SamplingConfig(
+            max_new_tokens=max_new_tokens,
+            pad_id=pad_id,
+            eos_ids=(policy.cfg.eos_token_id,),
+        )
+        self.thought_lambda = thought_lambda
+        self.action_only = action_only
+
+    def value_of(self, params, ids, mask, frames):
+        model = self.policy.model(params)
+        hidden = model.hidden_states(ids, self.policy.preprocess(frames), mask)
+        return self.policy.value(params, hidden[:, -1])
+
+    def decide(self, params, frames, ids, mask, k_sample, k_rand, knobs) -> Decision:
+        """Traceable: sample, parse and score the answers of a batch of observations."""
+        b = frames.shape[0]
+        model = self.policy.model(params)
+        out, _, hidden = sampling.generate(
+            model, ids, mask, self.policy.preprocess(frames), k_sample, knobs, cfg=self.sampling,
+            with_hidden=True,
+        )
+        value = self.policy.value(params, hidden)
+        parsed, action_mask = jax.vmap(
+            lambda t, n: parse_tokens(self.parser, self.table, t, n)
+        )(out.tokens, out.lengths)
+        masks = token_masks(action_mask, out.lengths)
+        ok = parsed.action >= 0
+        random_action = jax.random.randint(k_rand, (b,), 0, self.num_actions)
+        action = jnp.where(ok, parsed.action, random_action).astype(jnp.int32)
+        return Decision(
+            tokens=out.tokens,
+            lengths=out.lengths,
+            token_logp=out.logprobs,
+            cot_mask=masks.cot,
+            action_mask=masks.action,
+            logp=losses.action_log_prob(out.logprobs, masks.cot, masks.action,
+                                        self.thought_lambda, self.action_only),
+            value=value,
+            action=action,
+            parsed=ok,
+        )
+
+
+class Actor(Acting):
     """Everything static a rollout needs: env, policy graph, prompt encoder, parser, byte table.
 
     Build once; `make_rollout` / `make_evaluate` return jitted functions of (params, ...).
@@ -70,17 +156,10 @@ class Actor:
     def __init__(self, env, env_params, policy, tokenizer, encoder: PromptEncoder,
                  max_new_tokens: int, thought_lambda: float = 0.5, action_only: bool = False,
                  bootstrap_truncation: bool = True):
-        self.env, self.env_params, self.policy = env, env_params, policy
+        super().__init__(policy, tokenizer, env.task, env.num_actions, encoder.pad_id,
+                         max_new_tokens, thought_lambda, action_only)
+        self.env, self.env_params = env, env_params
         self.encoder = encoder
-        self.table = byte_table(tokenizer, policy.cfg.text.vocab_size)
-        self.parser = make_action_parser(env.task)
-        self.sampling = sampling.SamplingConfig(
-            max_new_tokens=max_new_tokens,
-            pad_id=encoder.pad_id,
-            eos_ids=(policy.cfg.eos_token_id,),
-        )
-        self.thought_lambda = thought_lambda
-        self.action_only = action_only
         self.bootstrap_truncation = bootstrap_truncation
         if bootstrap_truncation and not env.final_observation:
             raise ValueError("truncation bootstrapping needs an env made with final_observation")
@@ -94,11 +173,6 @@ class Actor:
         codes, n = formula_of(state, batch)
         return jax.vmap(self.encoder.device)(codes, n)
 
-    def value_of(self, params, ids, mask, frames):
-        model = self.policy.model(params)
-        hidden = model.hidden_states(ids, self.policy.preprocess(frames), mask)
-        return self.policy.value(params, hidden[:, -1])
-
     def step(self, params, carry: EnvCarry, key, knobs) -> tuple[EnvCarry, StepOutput]:
         """Traceable: one env step of the whole batch."""
         b = carry.ep_return.shape[0]
@@ -106,21 +180,9 @@ class Actor:
         state = carry.state
         frames = state.canvas
         ids, mask = self.prompts(state, b)
-        model = self.policy.model(params)
-        out, _, hidden = sampling.generate(
-            model, ids, mask, self.policy.preprocess(frames), k_sample, knobs, cfg=self.sampling,
-            with_hidden=True,
-        )
-        value = self.policy.value(params, hidden)
-        parsed, action_mask = jax.vmap(
-            lambda t, n: parse_tokens(self.parser, self.table, t, n)
-        )(out.tokens, out.lengths)
-        masks = token_masks(action_mask, out.lengths)
-        ok = parsed.action >= 0
-        random_action = jax.random.randint(k_rand, (b,), 0, self.env.num_actions)
-        action = jnp.where(ok, parsed.action, random_action).astype(jnp.int32)
+        d = self.decide(params, frames, ids, mask, k_sample, k_rand, knobs)
         _, nxt, reward, term, trunc, info = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(k_env, b), state, action, self.env_params
+            jax.random.split(k_env, b), state, d.action, self.env_params
         )
         if self.bootstrap_truncation:
             final_value = jax.lax.cond(
@@ -135,27 +197,8 @@ class Actor:
         done = term | trunc
         ep_return = carry.ep_return + reward
         ep_length = carry.ep_length + 1
-        record = StepOutput(
-            frames=frames,
-            prompt_ids=ids,
-            prompt_mask=mask,
-            tokens=out.tokens,
-            lengths=out.lengths,
-            token_logp=out.logprobs,
-            cot_mask=masks.cot,
-            action_mask=masks.action,
-            logp=losses.action_log_prob(out.logprobs, masks.cot, masks.action,
-                                        self.thought_lambda, self.action_only),
-            value=value,
-            action=action,
-            parsed=ok,
-            reward=reward,
-            terminated=term,
-            truncated=trunc,
-            final_value=final_value,
-            episode_return=jnp.where(done, ep_return, 0.0),
-            episode_length=jnp.where(done, ep_length, 0),
-        )
+        record = step_output(frames, ids, mask, d, reward, term, trunc, final_value,
+                             jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0))
         carry = EnvCarry(nxt, jnp.where(done, 0.0, ep_return), jnp.where(done, 0, ep_length))
         return carry, record
 

@@ -21,6 +21,7 @@ import optax
 
 from rlvlm_jax.distributed import to_host
 from rlvlm_jax.envs.formula import TEXT_CODE
+from rlvlm_jax.envs.tasks import Task
 from rlvlm_jax.models import sampling, scoring
 from rlvlm_jax.rl import sft_data
 from rlvlm_jax.rl.optimizer import stop_frozen, trainable_part
@@ -132,7 +133,7 @@ def make_sft_step(policy, tx: optax.GradientTransformation, freeze_vision: bool 
     return jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options)
 
 
-def make_sft_eval(policy, tokenizer, task: str, max_new_tokens: int,
+def make_sft_eval(policy, tokenizer, task: str | Task, max_new_tokens: int,
                   compiler_options: dict | None = None):
     """Jitted greedy `answer(params, frames, ids, mask) -> (tokens, lengths, action)`."""
     cfg = sampling.SamplingConfig(

@@ -76,9 +76,14 @@ def make_demonstrations(
     wrong_share: float = 0.0,
     cot: bool = True,
     explore: float = 0.3,
+    picture=None,
 ) -> Demonstrations:
     """Demonstrations for `env`'s task; a `wrong_share` of them answer with a uniformly chosen
-    non-oracle action (the thoughts state the true facts, then choose that action)."""
+    non-oracle action (the thoughts state the true facts, then choose that action).
+
+    `picture` (a function of a state's `text_fields`, returning uint8 [H, W, 3]) paints the
+    pictures instead of the env (another renderer of the same states, e.g. the original
+    gym_cards env's for a host task)."""
     if not 0.0 <= wrong_share <= 1.0:
         raise ValueError(f"wrong_share must be in [0, 1], got {wrong_share}")
     k_states, k_oracle, k_wrong = jax.random.split(key, 3)
@@ -91,8 +96,10 @@ def make_demonstrations(
     shift = rng.integers(1, env.num_actions, num_samples)  # any action but the oracle's
     actions = np.where(wrong, (oracle + shift) % env.num_actions, oracle)
     host = jax.device_get(states)
-    prompt_list, responses = [], []
+    prompt_list, responses, painted = [], [], []
     for i, fields in enumerate(env.text_fields_batch(host)):
+        if picture is not None:
+            painted.append(np.asarray(picture(fields), np.uint8))
         prompt_list.append(prompts.full_prompt(env.task, fields.get("formula"), cot=cot))
         if cot:
             responses.append(demonstrations.cot_demonstration(env.task, action=int(actions[i]),
@@ -100,7 +107,7 @@ def make_demonstrations(
         else:
             responses.append(demonstrations.answer_only(env.task, int(actions[i])))
     return Demonstrations(
-        np.asarray(host.canvas),
+        np.asarray(host.canvas) if picture is None else np.stack(painted),
         prompt_list,
         responses,
         actions.astype(np.int32),
