@@ -46,6 +46,7 @@ import rlvlm_jax.envs as envs
 from rlvlm_jax import pretrain as pretrain_lib
 from rlvlm_jax.data import card_suite
 from rlvlm_jax.envs import host as host_lib
+from rlvlm_jax.envs import original_style
 from rlvlm_jax.rl import advantages as adv_lib
 from rlvlm_jax.rl import lora as lora_lib
 from rlvlm_jax.rl import losses, sft_data, single_turn
@@ -71,6 +72,8 @@ PIXELS = ("clip", "ink")  # model.pixels (rl/policy.py: Policy.preprocess)
 ENV_KINDS = ("gymnax", "host")  # env.kind: jitted card tasks, or gymnasium envs on the host
 NAMED = {  # field -> the names it may take
     "env.kind": ENV_KINDS,
+    "env.style": envs.STYLES,  # the card tasks' pictures: ours, or gym_cards' own (300 px)
+    "env.blanks": envs.BLANK_RULES,  # how "=" reads a blank token (EZPoints, Points24)
     "template": TEMPLATES,
     "model.init": INITS,
     "model.pixels": PIXELS,
@@ -143,6 +146,21 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
     _check_rest(c, p, abstract, model)
     if is_host(c):
         _validate_host(c, abstract)
+    elif _field(c, "env.style", "default") == "original":
+        original_style.find_card_images(_field(c, "env.card_images", ""), c.task)
+
+
+def env_options(config) -> dict:
+    """`envs.make`'s picture and rule options from `config.env` (all optional): style
+    "original" draws gym_cards' own 300 px pictures, which the policy's preprocessing resizes
+    to config.image_size; otherwise the env draws at image_size."""
+    style = _field(config, "env.style", "default")
+    out = {"blanks": _field(config, "env.blanks", "skip")}
+    if style == "original":
+        out.update(style=style, card_images=_field(config, "env.card_images", ""))
+    else:
+        out["image_size"] = config.image_size
+    return out
 
 
 def is_host(config) -> bool:
@@ -206,7 +224,9 @@ def _check_fields(c, named=None, at_least=None, ranges=None, required: bool = Fa
 def _check_rest(c, p, abstract: bool, model) -> None:
     # Pictures: the env draws them at image_size; legible text needs a least size per task
     # (a host env's pictures are resized to image_size: only the card tasks' sizes are known).
-    smallest = envs.TASKS[c.task].min_image_size() if c.task in envs.TASKS else 1
+    # With env.style "original" the env always draws 300 px and image_size is the tower's input.
+    drawn_here = c.task in envs.TASKS and _field(c, "env.style", "default") == "default"
+    smallest = envs.TASKS[c.task].min_image_size() if drawn_here else 1
     if isinstance(c.image_size, bool) or not isinstance(c.image_size, numbers.Integral) \
             or not smallest <= c.image_size <= MAX_IMAGE_SIZE:
         raise ValueError(f"config.image_size must be in [{smallest}, {MAX_IMAGE_SIZE}] for "
@@ -483,7 +503,10 @@ class Run:
         resized to image_size; None when it has none)."""
         c = self.config
         if self.host is None:
-            return sft_data.make_demonstrations(self.env, num, key, wrong_share, c.cot), False
+            demos = sft_data.make_demonstrations(self.env, num, key, wrong_share, c.cot)
+            if self.env.image_size != c.image_size:  # the original style's 300 px pictures
+                demos.images = host_lib.frames_of(demos.images, c.image_size)
+            return demos, False
         if self.host.demonstrations is None:
             return None, True
         demos = self.host.demonstrations(num, key, wrong_share)
@@ -704,7 +727,7 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
         env, env_params, task = spec, None, spec.task
         encoder = host_lib.HostPrompts(spec, tokenizer, cfg.num_image_tokens)
     else:
-        env, env_params = envs.make(c.task, image_size=c.image_size, final_observation=bootstrap)
+        env, env_params = envs.make(c.task, final_observation=bootstrap, **env_options(c))
         task = c.task
         max_formula = getattr(env, "max_tokens", -1) + 1
         encoder = PromptEncoder(tokenizer, c.task, c.cot, c.template, cfg.num_image_tokens,

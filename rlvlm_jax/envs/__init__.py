@@ -13,9 +13,10 @@ from __future__ import annotations
 import gymnax
 
 from rlvlm_jax.envs import tasks
-from rlvlm_jax.envs.base import CardEnv
+from rlvlm_jax.envs.base import STYLES, CardEnv
 from rlvlm_jax.envs.blackjack import Blackjack
 from rlvlm_jax.envs.ezpoints import EZPoints
+from rlvlm_jax.envs.formula_env import BLANK_RULES, FormulaEnv
 from rlvlm_jax.envs.numberline import NumberLine
 from rlvlm_jax.envs.points24 import Points24
 
@@ -27,14 +28,20 @@ GYMNAX_IDS = {name: tasks.TASKS[name].gymnax_id for name in TASKS}
 GYM_IDS = {name: tasks.TASKS[name].gym_id for name in TASKS}  # the original's, as aliases
 
 
-def make(task: str, **kwargs):
+def make(task: str, blanks: str = "skip", **kwargs):
     """(env, default params) for a task name ("NumberLine", ...), its gymnax id ("...-v0") or its
-    original gym id ("gym_cards/...-v0")."""
+    original gym id ("gym_cards/...-v0"). `kwargs` go to the env class (`CardEnv`: image_size,
+    final_observation, style, card_images); `blanks` to the formula tasks only (`FormulaEnv`)."""
     try:
         name = tasks.get_task(task).name
     except KeyError:
         raise ValueError(f"unknown task {task!r}; choose one of {tasks.known_names()}") from None
-    env = TASKS[name](**kwargs)
+    cls = TASKS[name]
+    if issubclass(cls, FormulaEnv):
+        kwargs["blanks"] = blanks
+    elif blanks not in BLANK_RULES:
+        raise ValueError(f"blanks={blanks!r}; choose one of {BLANK_RULES}")
+    env = cls(**kwargs)
     return env, env.default_params
 
 
@@ -44,6 +51,8 @@ for _name, _cls in TASKS.items():
             gymnax.register(_id, _cls)
 
 __all__ = [
+    "BLANK_RULES",
+    "STYLES",
     "TASKS",
     "GYMNAX_IDS",
     "GYM_IDS",

@@ -166,3 +166,34 @@ def test_pictures_match_the_original_renderer(task):
     print(f"{task}: mean |ours - original| = {np.mean(diffs):.4f}/255 (max over "
           f"{len(diffs)} states {np.max(diffs):.4f}/255)")
     assert np.max(diffs) <= 2.0
+
+
+# ------------------------------------------------------------------ through the builder
+@pytest.mark.parametrize("compile_rollout", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_run_with_the_original_style(fake_cards, tmp_path, compile_rollout):
+    """config.env.style="original": the env draws 300 px, the tower keeps config.image_size
+    (preprocessing resizes rollout frames; SFT demonstrations are resized once), and a missing
+    card folder is refused by validate_config before anything is built."""
+    import ml_collections
+
+    from rlvlm_jax.build import build, validate_config
+    from tests.rl.test_sft import load_config
+
+    c = load_config()
+    c.task = "EZPoints"
+    c.max_new_tokens = 4
+    c.ppo.num_envs, c.ppo.num_steps, c.ppo.minibatches, c.ppo.micro_batches = 2, 1, 1, 1
+    c.fast_compile = True
+    c.env = ml_collections.ConfigDict({"style": "original", "card_images": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match=r"EZPoints: no card images"):
+        validate_config(c)
+    c.env.card_images = fake_cards
+    run = build(c, str(tmp_path / "run"))
+    assert run.env.style == "original" and run.env.image_size == 300 != c.image_size
+    demos, _ = run.demonstrations(4, jax.random.key(0), 0.0)
+    assert demos.images.shape == (4, c.image_size, c.image_size, 3)
+    assert run.reset_envs(jax.random.key(1)).state.canvas.shape == (2, 300, 300, 3)
+    if compile_rollout:  # the tower's input differs from the frames: preprocessing resizes
+        carry = run.reset_envs(jax.random.key(1))
+        _, traj, _ = run.rollout(run.init_params, carry, jax.random.key(2), jnp.float32(1.0))
+        assert traj.frames.shape == (1, 2, 300, 300, 3)
