@@ -1,30 +1,44 @@
-"""transformers LLaVA checkpoints <-> our params, from and to safetensors files (no torch).
+"""transformers checkpoints <-> our params, from and to safetensors files (no torch).
 
     python -m rlvlm_jax.models.conversion to-jax  HF_DIR  OUT_DIR [--dtype bfloat16]
+                                                  [--image-size HxW]
     python -m rlvlm_jax.models.conversion to-hf   OUR_DIR OUT_DIR [--dtype float32]
-    python -m rlvlm_jax.models.conversion inspect DIR
+    python -m rlvlm_jax.models.conversion inspect HF_DIR [--image-size HxW]
 
-Python: `load_hf_checkpoint(dir, dtype) -> (LlavaConfig, params)` and
-`export_hf_checkpoint(params, cfg, dir)`. Files on disk use several key layouts
-(hub: `language_model.model.*`, `vision_tower.vision_model.*`; transformers 5 `save_pretrained`:
-`language_model.model.*`, `vision_tower.*`; in-memory 5.x: `model.language_model.*`); all are
-accepted. Export writes the llava-hf hub layout (tested: transformers 5.23 loads it).
+The model family follows the checkpoint's `model_type` (in config.json, and in our own
+rlvlm_config.json): LLaVA (llava, llava_next; mapped here) or Qwen2-VL / Qwen2.5-VL (qwen2_vl,
+qwen2_5_vl; mapped in `qwen_conversion`). Qwen configs carry no image size and our Qwen model runs
+one fixed size (static shapes), so it is given at conversion (`--image-size 448x448`,
+`image_size=(448, 448)`) and kept in our config; for LLaVA the tower's size is the only one.
+
+Python: `load_hf_checkpoint(dir, dtype[, image_size=...]) -> (config, params)`,
+`from_state_dict(config_dict, state_dict, ...)` for an in-memory transformers model,
+`export_hf_checkpoint(params, cfg, dir)`, and our own format: `save_params` / `load_params`.
+Everything but a family's name mapping and config translation (its `Family`) is shared: finding
+and reading the tensors, the errors that name every missing, mis-shaped or unexpected tensor,
+writing shards. LLaVA files on disk use several key layouts (hub: `language_model.model.*`,
+`vision_tower.vision_model.*`; transformers 5 `save_pretrained`: `language_model.model.*`,
+`vision_tower.*`; in-memory 5.x: `model.language_model.*`); all are accepted. LLaVA export writes
+the llava-hf hub layout (tested: transformers 5.23 loads it).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
+from rlvlm_jax.models import llava
 from rlvlm_jax.models.clip import VisionConfig
 from rlvlm_jax.models.llama import TextConfig
 from rlvlm_jax.models.llava import LlavaConfig
@@ -32,14 +46,100 @@ from rlvlm_jax.models.llava import LlavaConfig
 OUR_CONFIG = "rlvlm_config.json"
 OUR_PARAMS = "params.safetensors"
 
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or its tensors do not fit the expected model."""
+
+
 # ---------------------------------------------------------------------------------------------
-# The mapping. One row per parameter: (our path, canonical HF key, transform, number of our
-# leading dims that form the HF "in" dim). Layer rows are repeated for every layer index.
+# What a model family supplies
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One of our params: where it lives in the HF checkpoint and how it maps.
+
+    kind "copy": same numbers, reshaped; "linear": HF (out, in...) -> ours (in..., out...);
+    "conv": HF (D, C, p, p) patch conv -> ours (p, p, C, D). `key` is canonical (see
+    `Family.layouts`). `part` (i, n): ours is the i-th of n equal slices along the HF tensor's
+    first axis (a fused qkv). `hf_shape` is the whole HF tensor's shape.
+    """
+
+    ours: str
+    key: str
+    kind: str
+    hf_shape: tuple[int, ...]
+    part: tuple[int, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Family:
+    """A model family's side of conversion; the rest of this module serves every family."""
+
+    model_types: tuple[str, ...]  # transformers' config.json model_type values read
+    layouts: tuple[tuple[re.Pattern, str], ...]  # file key -> canonical prefix; first match wins
+    export_prefix: dict[str, str]  # canonical prefix -> the key prefix export writes
+    param_table: Callable[..., list[Row]]  # cfg -> every parameter's Row
+    abstract_model: Callable  # cfg -> (graphdef, ShapeDtypeStruct params)
+    config_from_hf: Callable  # (config.json dict, image_size or None) -> validated config
+    config_to_hf: Callable[..., dict]  # (cfg, dtype name) -> config.json dict
+    config_from_dict: Callable[[dict], object]  # inverse of `config_to_dict`
+    check_dir: Callable[[str, object], None] | None = None  # more checks of a checkpoint dir
+    ignored: re.Pattern | None = None  # file keys skipped without a word
+
+    def canonical(self, key: str) -> str | None:
+        for pattern, prefix in self.layouts:
+            m = pattern.match(key)
+            if m:
+                return prefix + m.group(1)
+        return None
+
+
+def family_for(model_type, where: str = "config.json") -> Family:
+    """The family that reads transformers' `model_type`."""
+    if model_type in LLAVA.model_types:
+        return LLAVA
+    from rlvlm_jax.models.qwen_conversion import QWEN  # it imports this module
+
+    if model_type in QWEN.model_types:
+        return QWEN
+    known = sorted(LLAVA.model_types + QWEN.model_types)
+    raise CheckpointError(f"{where} model_type is {model_type!r}; expected one of {known}")
+
+
+def family_of(cfg) -> Family:
+    """The family of one of our configs (LlavaConfig, QwenVLConfig)."""
+    return family_for(cfg.model_type, type(cfg).__name__)
+
+
+def validated(cfg):
+    """`cfg` after its own checks; their ValueError becomes a CheckpointError."""
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise CheckpointError(f"config.json describes an unsupported model: {e}") from e
+    return cfg
+
+
+def image_hw(image_size) -> tuple[int, int] | None:
+    """An image size given as one int (square) or (H, W) -> (H, W); None stays None."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA. One entry per parameter: (our path, canonical HF key, transform, number of our leading
+# dims that form the HF "in" dim). Layer entries are repeated for every layer index.
 #   copy:   same shape
 #   vec:    HF 1-D bias -> our (heads, head_dim)
 #   linear: HF (out, in) weight -> transposed -> reshaped to our (in..., out...) shape
 #   conv:   HF (D, C, p, p) patch conv -> our (p, p, C, D)
 # ---------------------------------------------------------------------------------------------
+LLAVA_MODEL_TYPES = ("llava", "llava_next")
+
 _VISION = [
     ("vision/patch_embed", "vision.embeddings.patch_embedding.weight", "conv", 0),
     ("vision/class_embed", "vision.embeddings.class_embedding", "copy", 0),
@@ -84,23 +184,33 @@ _TEXT_LAYER = [
 ]
 
 # Key layouts found in files -> canonical prefix. Order matters (first match wins).
-_LAYOUTS = [
+_LLAVA_LAYOUTS = [
     (re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)$"), "vision."),
     (re.compile(r"^(?:model\.)?multi_modal_projector\.(.+)$"), "projector."),
     (re.compile(r"^(?:model\.language_model\.|language_model\.model\.)(.+)$"), "text."),
     (re.compile(r"^(?:language_model\.)?(lm_head\.weight)$"), ""),
 ]
-_IGNORED = re.compile(r"^(?:model\.)?image_newline$")  # LLaVA-NeXT tiles; unused with one crop
-_EXPORT_PREFIX = {"vision.": "vision_tower.vision_model.", "projector.": "multi_modal_projector.",
-                  "text.": "language_model.model.", "lm_head.": "language_model.lm_head."}
+_LLAVA_IGNORED = re.compile(r"^(?:model\.)?image_newline$")  # NeXT tiles; unused with one crop
+_LLAVA_EXPORT_PREFIX = {"vision.": "vision_tower.vision_model.",
+                        "projector.": "multi_modal_projector.", "text.": "language_model.model.",
+                        "lm_head.": "language_model.lm_head."}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory or its tensors do not fit the expected model."""
+def _hf_shape(our_shape: tuple[int, ...], kind: str, in_dims: int) -> tuple[int, ...]:
+    if kind == "copy":
+        return our_shape
+    if kind == "vec":
+        return (math.prod(our_shape),)
+    if kind == "linear":
+        return (math.prod(our_shape[in_dims:]), math.prod(our_shape[:in_dims]))
+    if kind == "conv":
+        p, q, c, d = our_shape
+        return (d, c, p, q)
+    raise AssertionError(kind)
 
 
-def param_table(cfg: LlavaConfig) -> list[tuple[str, str, str, int]]:
-    """Every parameter: (our "/"-joined path, canonical HF key, transform, in-dims)."""
+def _llava_param_table(cfg: LlavaConfig) -> list[Row]:
+    """Every LLaVA parameter as a Row (the HF shapes follow from ours)."""
     rows = list(_VISION)
     for i in range(cfg.vision.num_layers):
         rows += [(f"vision/layers/{i}/{p}", f"vision.encoder.layers.{i}.{k}", t, n)
@@ -118,76 +228,16 @@ def param_table(cfg: LlavaConfig) -> list[tuple[str, str, str, int]]:
                  for p, k, t, n in _TEXT_LAYER]
     if not cfg.text.tie_embeddings:
         rows.append(("text/lm_head", "lm_head.weight", "linear", 1))
-    return rows
+    shapes = param_shapes(cfg)
+    return [Row(ours, key, "copy" if kind == "vec" else kind, _hf_shape(shapes[ours], kind, n))
+            for ours, key, kind, n in rows]
 
 
-def param_shapes(cfg: LlavaConfig) -> dict[str, tuple[int, ...]]:
-    """Our params' shapes by path, from the model itself (no allocation)."""
-    from rlvlm_jax.models.llava import abstract_model
-
-    _, params = abstract_model(cfg)
-    return {"/".join(map(str, path)): leaf.shape
-            for path, leaf in _flatten(params)}
-
-
-def _flatten(tree: dict, prefix: tuple = ()):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
-
-
-def _unflatten(flat: dict[str, object]) -> dict:
-    """"/"-joined paths -> nested dict; numeric parts become int keys (nnx.List indices)."""
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        *parents, leaf = (int(p) if p.isdigit() else p for p in path.split("/"))
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return out
-
-
-def _hf_shape(our_shape: tuple[int, ...], kind: str, in_dims: int) -> tuple[int, ...]:
-    if kind == "copy":
-        return our_shape
-    if kind == "vec":
-        return (math.prod(our_shape),)
-    if kind == "linear":
-        return (math.prod(our_shape[in_dims:]), math.prod(our_shape[:in_dims]))
-    if kind == "conv":
-        p, q, c, d = our_shape
-        return (d, c, p, q)
-    raise AssertionError(kind)
-
-
-def _to_ours(x: np.ndarray, kind: str, our_shape: tuple[int, ...]) -> np.ndarray:
-    if kind == "linear":
-        x = x.T
-    elif kind == "conv":
-        x = x.transpose(2, 3, 1, 0)
-    return x.reshape(our_shape)
-
-
-def _to_hf(x: np.ndarray, kind: str, in_dims: int) -> np.ndarray:
-    if kind == "linear":
-        return np.ascontiguousarray(x.reshape(math.prod(x.shape[:in_dims]), -1).T)
-    if kind == "conv":
-        return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
-    if kind == "vec":
-        return np.ascontiguousarray(x.reshape(-1))
-    return np.ascontiguousarray(x)
-
-
-# ---------------------------------------------------------------------------------------------
-# Configs
-# ---------------------------------------------------------------------------------------------
-def config_from_hf(hf: dict) -> LlavaConfig:
-    """Our LlavaConfig from a transformers `config.json` dict (llava or llava_next)."""
+def _llava_config_from_hf(hf: dict, image_size=None) -> LlavaConfig:
+    """Our LlavaConfig from a transformers `config.json` dict (llava or llava_next); an
+    `image_size`, if given, must be the vision tower's."""
     mt = hf.get("model_type")
-    if mt not in ("llava", "llava_next"):
+    if mt not in LLAVA_MODEL_TYPES:
         raise CheckpointError(f"config.json model_type is {mt!r}; expected 'llava' or "
                               f"'llava_next'")
     if mt == "llava_next":
@@ -250,14 +300,14 @@ def config_from_hf(hf: dict) -> LlavaConfig:
         pad_token_id=pad if pad is not None else 0,
         eos_token_id=eos if eos is not None else 2,
     )
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise CheckpointError(f"config.json describes an unsupported model: {e}") from e
-    return cfg
+    size = vision.image_size
+    if image_size is not None and image_hw(image_size) != (size, size):
+        raise CheckpointError(f"image size {image_hw(image_size)} does not fit: this LLaVA "
+                              f"checkpoint's vision tower takes {size}x{size} px")
+    return validated(cfg)
 
 
-def config_to_hf(cfg: LlavaConfig, dtype: str = "float32") -> dict:
+def _llava_config_to_hf(cfg: LlavaConfig, dtype: str = "float32") -> dict:
     """A transformers LlavaConfig dict for `cfg`."""
     if cfg.projector != "mlp2x_gelu":
         raise CheckpointError("transformers' Llava only has the mlp2x_gelu projector; "
@@ -296,14 +346,103 @@ def config_to_hf(cfg: LlavaConfig, dtype: str = "float32") -> dict:
     }
 
 
-def config_to_dict(cfg: LlavaConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def config_from_dict(d: dict) -> LlavaConfig:
+def _llava_config_from_dict(d: dict) -> LlavaConfig:
     d = dict(d)
+    d.pop("model_type", None)
     return LlavaConfig(vision=VisionConfig(**d.pop("vision")), text=TextConfig(**d.pop("text")),
                        **d)
+
+
+LLAVA = Family(
+    model_types=LLAVA_MODEL_TYPES, layouts=tuple(_LLAVA_LAYOUTS),
+    export_prefix=_LLAVA_EXPORT_PREFIX, param_table=_llava_param_table,
+    abstract_model=llava.abstract_model, config_from_hf=_llava_config_from_hf,
+    config_to_hf=_llava_config_to_hf, config_from_dict=_llava_config_from_dict,
+    ignored=_LLAVA_IGNORED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and tables of any family
+# ---------------------------------------------------------------------------------------------
+def config_from_hf(hf: dict, image_size=None):
+    """Our config from a transformers `config.json` dict (`image_size` (H, W): Qwen's)."""
+    return family_for(hf.get("model_type")).config_from_hf(hf, image_size)
+
+
+def config_to_hf(cfg, dtype: str = "float32") -> dict:
+    """A transformers `config.json` dict for `cfg`."""
+    return family_of(cfg).config_to_hf(cfg, dtype)
+
+
+def config_to_dict(cfg) -> dict:
+    """Our config as JSON-ready dict, with its "model_type" (what `config_from_dict` reads)."""
+    return {"model_type": cfg.model_type, **dataclasses.asdict(cfg)}
+
+
+def config_from_dict(d: dict):
+    """Inverse of `config_to_dict` (a dict without "model_type", as written before there were
+    other families, is LLaVA's)."""
+    return family_for(d.get("model_type", "llava"), OUR_CONFIG).config_from_dict(d)
+
+
+def param_table(cfg) -> list[Row]:
+    """Every parameter of `cfg`'s model as a Row."""
+    return family_of(cfg).param_table(cfg)
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(cfg) -> tuple:
+    _, params = family_of(cfg).abstract_model(cfg)
+    return tuple(("/".join(map(str, path)), leaf.shape) for path, leaf in _flatten(params))
+
+
+def param_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """Our params' shapes by "/"-joined path, from the model itself (no allocation)."""
+    return dict(_param_shapes(cfg))
+
+
+def _flatten(tree: dict, prefix: tuple = ()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def _unflatten(flat: dict[str, object]) -> dict:
+    """"/"-joined paths -> nested dict; numeric parts become int keys (nnx.List indices)."""
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        *parents, leaf = (int(p) if p.isdigit() else p for p in path.split("/"))
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+
+
+def _to_ours(x: np.ndarray, row: Row, our_shape: tuple[int, ...]) -> np.ndarray:
+    if row.part is not None:
+        i, n = row.part
+        size = x.shape[0] // n
+        x = x[i * size:(i + 1) * size]
+    if row.kind == "linear":
+        x = x.reshape(x.shape[0], -1).T
+    elif row.kind == "conv":
+        x = x.transpose(2, 3, 1, 0)
+    return x.reshape(our_shape)
+
+
+def _to_hf(x: np.ndarray, row: Row) -> np.ndarray:
+    """Our array -> its HF tensor (the part's rows for fused tensors)."""
+    shape = row.hf_shape
+    if row.part is not None:
+        shape = (shape[0] // row.part[1], *shape[1:])
+    if row.kind == "linear":
+        x = x.reshape(math.prod(shape[1:]), shape[0]).T
+    elif row.kind == "conv":
+        x = x.transpose(3, 2, 0, 1)
+    return np.ascontiguousarray(x.reshape(shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,22 +475,70 @@ def _checkpoint_files(path: str) -> list[str]:
     return [os.path.join(path, f) for f in files]
 
 
-def _canonical(key: str) -> str | None:
-    for pattern, prefix in _LAYOUTS:
-        m = pattern.match(key)
-        if m:
-            return prefix + m.group(1)
-    return None
+def _convert(items: list[tuple[str, object]], get, cfg, dtype, strict: bool, where: str
+             ) -> dict:
+    """items: (file key, handle) pairs for `get(handle, key) -> array`; returns our nested
+    params in `dtype`. Raises CheckpointError naming every missing, mis-shaped and (with strict)
+    unexpected tensor."""
+    family = family_of(cfg)
+    table = family.param_table(cfg)
+    wanted = dict.fromkeys(row.key for row in table)
+    located, unexpected, duplicates = {}, [], []
+    for key, handle in items:
+        canon = family.canonical(key)
+        if canon is None or canon not in wanted:
+            tied_head = canon == "lm_head.weight" and cfg.text.tie_embeddings
+            skipped = family.ignored is not None and family.ignored.match(key)
+            if not (tied_head or skipped):  # a tied lm_head is ignored, as transformers does
+                unexpected.append(key)
+            continue
+        if canon in located:
+            duplicates.append(key)
+        located[canon] = (handle, key)
+    errors = []
+    missing = [k for k in wanted if k not in located]
+    if missing:
+        errors.append(f"missing tensors ({len(missing)}): {missing[:20]}")
+    if duplicates:
+        errors.append(f"tensors present under two key layouts: {duplicates[:20]}")
+    if unexpected and strict:
+        errors.append(f"unexpected tensors ({len(unexpected)}): {sorted(unexpected)[:20]} "
+                      f"(pass strict=False to ignore)")
+    shapes = param_shapes(cfg)
+    flat, loaded = {}, {}
+    for row in table:
+        if row.key not in located:
+            continue
+        if row.key not in loaded:
+            handle, key = located[row.key]
+            x = get(handle, key)
+            if tuple(x.shape) != row.hf_shape:
+                errors.append(f"tensor {key!r} has shape {tuple(x.shape)}, expected "
+                              f"{row.hf_shape}")
+                x = None
+            loaded = {row.key: x}  # fused tensors' rows are consecutive: keep only the last
+        x = loaded[row.key]
+        if x is not None:
+            flat[row.ours] = _to_ours(x, row, shapes[row.ours]).astype(dtype)
+    if errors:
+        raise CheckpointError(f"checkpoint {where} does not match its config:\n  "
+                              + "\n  ".join(errors))
+    return _unflatten(flat)
 
 
-def load_hf_config(path: str) -> LlavaConfig:
-    """The LlavaConfig of a transformers LLaVA directory, without reading its weights."""
-    return config_from_hf(_read_json(os.path.join(path, "config.json")))
+def load_hf_config(path: str, image_size=None):
+    """The config of a transformers checkpoint directory, without reading its weights."""
+    hf = _read_json(os.path.join(path, "config.json"))
+    family = family_for(hf.get("model_type"))
+    cfg = family.config_from_hf(hf, image_size)
+    if family.check_dir is not None:
+        family.check_dir(path, cfg)
+    return cfg
 
 
-def load_hf_checkpoint(path: str, dtype="float32", *, strict: bool = True
-                       ) -> tuple[LlavaConfig, dict]:
-    """Read a transformers LLaVA directory into (config, params as nested dict of numpy arrays).
+def load_hf_checkpoint(path: str, dtype="float32", *, image_size=None, strict: bool = True):
+    """Read a transformers checkpoint directory into (config, params as a nested dict of numpy
+    arrays); `image_size` (H, W) pixels, or one int for squares, is required for Qwen.
 
     `dtype` is the params' dtype ("float32", "bfloat16", ...). Tensors are read one at a time
     with safetensors' numpy API and converted one by one, so peak host memory stays near the size
@@ -361,57 +548,39 @@ def load_hf_checkpoint(path: str, dtype="float32", *, strict: bool = True
     from safetensors import safe_open
 
     files = _checkpoint_files(path)
-    cfg = config_from_hf(_read_json(os.path.join(path, "config.json")))
-    dtype = np.dtype(jax.numpy.dtype(dtype))
-    shapes = param_shapes(cfg)
-    table = param_table(cfg)
-    by_key = {key: (ours, kind, in_dims) for ours, key, kind, in_dims in table}
-
-    # Where every canonical key lives.
-    located: dict[str, tuple[str, str]] = {}
-    unexpected, duplicates = [], []
+    cfg = load_hf_config(path, image_size)
+    items = []
     for f in files:
         with safe_open(f, framework="np") as st:
-            for key in st.keys():
-                canon = _canonical(key)
-                if canon is None or canon not in by_key:
-                    if not _IGNORED.match(key):
-                        unexpected.append(key)
-                    continue
-                if canon in located:
-                    duplicates.append(key)
-                located[canon] = (f, key)
-    if cfg.text.tie_embeddings and "lm_head.weight" in located:
-        located.pop("lm_head.weight")  # tied: transformers ignores the stored copy too
-        unexpected = [k for k in unexpected if not k.endswith("lm_head.weight")]
-    missing = [k for k in by_key if k not in located]
-    errors = []
-    if missing:
-        errors.append(f"missing tensors ({len(missing)}): {missing[:20]}")
-    if duplicates:
-        errors.append(f"tensors present under two key layouts: {duplicates[:20]}")
-    if unexpected and strict:
-        errors.append(f"unexpected tensors ({len(unexpected)}): {unexpected[:20]} "
-                      f"(pass strict=False to ignore)")
+            items += [(key, f) for key in st.keys()]
 
-    flat = {p: np.empty(s, dtype) for p, s in shapes.items()}
-    for canon, (ours, kind, in_dims) in by_key.items():
-        if canon not in located:
-            continue
-        f, key = located[canon]
-        our_shape = shapes[ours]
-        want = _hf_shape(our_shape, kind, in_dims)
+    def get(f, key):
         with safe_open(f, framework="np") as st:
-            got = tuple(st.get_slice(key).get_shape())
-            if got != want:
-                errors.append(f"tensor {key!r} has shape {got}, expected {want}")
-                continue
-            x = _to_ours(st.get_tensor(key), kind, our_shape).astype(dtype)
-        flat[ours][...] = x
-    if errors:
-        raise CheckpointError(f"checkpoint {path!r} does not match its config:\n  "
-                              + "\n  ".join(errors))
-    return cfg, _unflatten(flat)
+            return st.get_tensor(key)
+
+    dtype = np.dtype(jax.numpy.dtype(dtype))
+    return cfg, _convert(items, get, cfg, dtype, strict, repr(path))
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor: float32 on the host (bf16 has no numpy dtype)
+        x = x.detach().cpu()
+        if not x.dtype.is_floating_point:
+            return x.numpy()
+        return x.float().numpy()
+    return np.asarray(x)
+
+
+def from_state_dict(config: dict, state_dict, dtype="float32", *, image_size=None,
+                    strict: bool = True):
+    """(config, params) from an in-memory transformers model: `config` is
+    `model.config.to_dict()`, the state dict maps keys to torch tensors or arrays
+    (`model.state_dict()`)."""
+    cfg = config_from_hf(config, image_size)
+    items = [(k, k) for k in state_dict]
+    dtype = np.dtype(jax.numpy.dtype(dtype))
+    return cfg, _convert(items, lambda h, k: _numpy(state_dict[k]), cfg, dtype, strict,
+                         "state dict")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +590,7 @@ def _as_numpy(params: dict) -> dict[str, np.ndarray]:
     return {"/".join(map(str, p)): np.asarray(jax.device_get(v)) for p, v in _flatten(params)}
 
 
-def _check_params(flat: dict[str, np.ndarray], cfg: LlavaConfig) -> None:
+def _check_params(flat: dict[str, np.ndarray], cfg) -> None:
     shapes = param_shapes(cfg)
     missing = sorted(set(shapes) - set(flat))
     extra = sorted(set(flat) - set(shapes))
@@ -432,23 +601,30 @@ def _check_params(flat: dict[str, np.ndarray], cfg: LlavaConfig) -> None:
                               f"unexpected {extra}, mis-shaped {bad}")
 
 
-def export_hf_checkpoint(params: dict, cfg: LlavaConfig, path: str, dtype=None,
-                         max_shard_bytes: int = 4 << 30) -> None:
-    """Write `params` as a transformers LLaVA directory (config.json + safetensors shards)."""
-    from safetensors.numpy import save_file
-
+def hf_state_dict(params: dict, cfg, dtype=None) -> dict[str, np.ndarray]:
+    """Our params as numpy tensors under the key layout export writes."""
     flat = _as_numpy(params)
     _check_params(flat, cfg)
+    family = family_of(cfg)
     out_dtype = np.dtype(jax.numpy.dtype(dtype)) if dtype else next(iter(flat.values())).dtype
-    tensors = {}
-    for ours, canon, kind, in_dims in param_table(cfg):
-        x = flat[ours]
-        prefix = next(p for p in _EXPORT_PREFIX if canon.startswith(p))
-        key = _EXPORT_PREFIX[prefix] + canon[len(prefix):]
-        tensors[key] = _to_hf(np.asarray(x), kind, in_dims).astype(out_dtype)
+    parts: dict[str, list] = {}
+    for row in family.param_table(cfg):
+        prefix = next(p for p in family.export_prefix if row.key.startswith(p))
+        key = family.export_prefix[prefix] + row.key[len(prefix):]
+        parts.setdefault(key, []).append(_to_hf(flat[row.ours], row).astype(out_dtype))
+    return {k: (v[0] if len(v) == 1 else np.concatenate(v, axis=0)) for k, v in parts.items()}
+
+
+def export_hf_checkpoint(params: dict, cfg, path: str, dtype=None,
+                         max_shard_bytes: int = 4 << 30) -> None:
+    """Write `params` as a transformers directory (config.json + safetensors shards)."""
+    from safetensors.numpy import save_file
+
+    tensors = hf_state_dict(params, cfg, dtype)
+    hf_config = config_to_hf(cfg, next(iter(tensors.values())).dtype.name)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config_to_hf(cfg, out_dtype.name), f, indent=2)
+        json.dump(hf_config, f, indent=2)
     shards, size = [{}], 0
     for key, x in tensors.items():
         if size + x.nbytes > max_shard_bytes and shards[-1]:
@@ -469,8 +645,9 @@ def export_hf_checkpoint(params: dict, cfg: LlavaConfig, path: str, dtype=None,
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
-def save_params(params: dict, cfg: LlavaConfig, path: str) -> None:
-    """Our own format: our config as JSON + params as one safetensors file keyed by path."""
+def save_params(params: dict, cfg, path: str) -> None:
+    """Our own format: our config as JSON (with its model_type) + params as one safetensors
+    file keyed by path."""
     from safetensors.numpy import save_file
 
     flat = _as_numpy(params)
@@ -482,8 +659,8 @@ def save_params(params: dict, cfg: LlavaConfig, path: str) -> None:
               os.path.join(path, OUR_PARAMS))
 
 
-def load_params(path: str, dtype=None) -> tuple[LlavaConfig, dict]:
-    """Inverse of `save_params`."""
+def load_params(path: str, dtype=None):
+    """Inverse of `save_params`: (config, params)."""
     from safetensors.numpy import load_file
 
     cfg_path = os.path.join(path, OUR_CONFIG)
@@ -497,35 +674,52 @@ def load_params(path: str, dtype=None) -> tuple[LlavaConfig, dict]:
     return cfg, _unflatten(flat)
 
 
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def _parse_size(s: str) -> tuple[int, int]:
+    try:
+        h, _, w = s.lower().partition("x")
+        return int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {s!r}: expected HxW, e.g. 448x448") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rlvlm_jax.models.conversion",
                                  description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("to-jax", help="transformers LLaVA dir -> our params dir")
+    size = dict(type=_parse_size, default=None,
+                help="HxW pixels the model will run at (required for Qwen2-VL / Qwen2.5-VL)")
+    a = sub.add_parser("to-jax", help="transformers dir -> our params dir")
     a.add_argument("src")
     a.add_argument("dst")
     a.add_argument("--dtype", default="float32", help="params dtype (float32, bfloat16)")
     a.add_argument("--no-strict", action="store_true", help="ignore unexpected tensors")
-    b = sub.add_parser("to-hf", help="our params dir -> transformers LLaVA dir")
+    a.add_argument("--image-size", **size)
+    b = sub.add_parser("to-hf", help="our params dir -> transformers dir")
     b.add_argument("src")
     b.add_argument("dst")
     b.add_argument("--dtype", default=None, help="saved dtype (default: params' dtype)")
-    c = sub.add_parser("inspect", help="validate a transformers LLaVA dir and print its config")
+    c = sub.add_parser("inspect", help="validate a transformers dir and print its config")
     c.add_argument("src")
+    c.add_argument("--image-size", **size)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "to-jax":
-            cfg, params = load_hf_checkpoint(args.src, args.dtype, strict=not args.no_strict)
+            cfg, params = load_hf_checkpoint(args.src, args.dtype, image_size=args.image_size,
+                                             strict=not args.no_strict)
             save_params(params, cfg, args.dst)
         elif args.cmd == "to-hf":
             cfg, params = load_params(args.src)
             export_hf_checkpoint(params, cfg, args.dst, args.dtype)
         else:
-            cfg, params = load_hf_checkpoint(args.src, "float32", strict=False)
+            cfg, params = load_hf_checkpoint(args.src, "float32", image_size=args.image_size,
+                                             strict=False)
             n = sum(v.size for _, v in _flatten(params))
             print(json.dumps(config_to_dict(cfg), indent=2))
-            print(f"parameters: {n:,}")
+            print(f"parameters: {n:,}; image tokens per image: {cfg.num_image_tokens}")
             return 0
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -535,4 +729,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy's: the Qwen family imports
+    # rlvlm_jax.models.conversion, and main must catch that module's CheckpointError.
+    from rlvlm_jax.models import conversion
+
+    sys.exit(conversion.main())

@@ -37,6 +37,11 @@ class LlavaConfig:
     eos_token_id: int = 2
 
     @property
+    def model_type(self) -> str:
+        """transformers' name of the architecture (conversion dispatches on it)."""
+        return "llava"
+
+    @property
     def num_image_tokens(self) -> int:
         """Placeholder tokens per image: patches, plus the class token under 'full'."""
         return self.vision.num_patches + (1 if self.select_strategy == "full" else 0)
@@ -112,19 +117,108 @@ class Projector(nnx.Module):
         return x
 
 
-class LlavaModel(nnx.Module):
-    """CLIP tower + projector + decoder. Images are channels-last (B, H, W, C) or (B, K, H, W, C),
-    already CLIP-normalised (see rlvlm_jax.models.preprocess)."""
+class ImageTextModel(nnx.Module):
+    """What the VLMs share (LlavaModel here, qwen2_vl.QwenVLModel): a `vision` tower and a
+    `projector` whose `image_features` replace the image placeholder tokens' embeddings, and a
+    `llama.Decoder` `text`. Subclasses build the vision side and say how it makes features and
+    how a prompt is positioned (`prompt_positions`).
 
-    def __init__(self, cfg: LlavaConfig, *, param_dtype=jnp.float32, dtype=jnp.float32,
-                 remat: bool = False, rngs: nnx.Rngs):
+    Decoding: a prefill caches each row's rope delta under "rope_delta" when the model has one
+    (M-RoPE), and `decode` adds it to the positions it is given (the sampler's count of real
+    tokens), so `sampling.generate` drives every model the same way.
+    """
+
+    def __init__(self, cfg, *, param_dtype=jnp.float32, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         cfg.validate()
         self.cfg = cfg
         self.dtype = dtype
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.vision = VisionTower(cfg.vision, remat=remat, **kw)
-        self.projector = Projector(cfg, **kw)
+        self.vision, self.projector = self.vision_side(cfg, remat=remat, **kw)
         self.text = Decoder(cfg.text, remat=remat, **kw)
+
+    def vision_side(self, cfg, *, remat: bool, **kw) -> tuple[nnx.Module, nnx.Module]:
+        """The vision tower and the projector to the text width (built by `__init__`)."""
+        raise NotImplementedError
+
+    def image_features(self, images: jax.Array) -> jax.Array:
+        """Images -> features (B, K * num_image_tokens, D_text)."""
+        raise NotImplementedError
+
+    def prompt_positions(self, input_ids: jax.Array, attention_mask: jax.Array,
+                         with_images: bool) -> tuple[jax.Array, jax.Array | None]:
+        """Positions of a left-padded prompt for the decoder, and the rope delta (B,) that
+        decoding adds to later positions (None: no delta)."""
+        raise NotImplementedError
+
+    def embed(self, input_ids: jax.Array, images: jax.Array | None) -> jax.Array:
+        embeds = self.text.embed_tokens(input_ids)
+        if images is not None:
+            embeds = merge_image_features(embeds, input_ids, self.image_features(images),
+                                          self.cfg.image_token_id)
+        return embeds
+
+    def hidden_states(self, input_ids: jax.Array, images: jax.Array | None,
+                      attention_mask: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """Final (post-norm) hidden states (B, S, D) in the compute dtype (the value head's
+        input)."""
+        if positions is None:
+            positions, _ = self.prompt_positions(input_ids, attention_mask, images is not None)
+        hidden, _ = self.text.forward(self.embed(input_ids, images), positions, attention_mask)
+        return hidden
+
+    def __call__(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """Float32 logits (B, S, V)."""
+        return self.text.logits(self.hidden_states(input_ids, images, attention_mask, positions))
+
+    def prefill(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
+                cache: dict) -> tuple[jax.Array, dict]:
+        """Run the left-padded prompt, fill cache slots [0, S) (and the rope delta); return the
+        last slot's hidden state (B, D)."""
+        positions, delta = self.prompt_positions(input_ids, attention_mask, images is not None)
+        hidden, cache = self.text.forward(self.embed(input_ids, images), positions,
+                                          attention_mask, cache)
+        if delta is not None:
+            cache = {**cache, "rope_delta": delta}
+        return hidden[:, -1], cache
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array, cache: dict,
+               index: jax.Array) -> tuple[jax.Array, dict]:
+        """One token per row (B,) at slot `index`; `positions` (B,) counts the row's real tokens
+        before it, to which a cached rope delta is added. Returns float32 logits (B, V) and the
+        new cache."""
+        delta = cache.get("rope_delta")
+        if delta is not None:
+            positions = positions + delta
+        x = self.text.embed_tokens(tokens[:, None])
+        hidden, cache = self.text.decode(x, positions[:, None], kv_mask, cache, index)
+        return self.text.logits(hidden[:, 0]), cache
+
+    @classmethod
+    def abstract(cls, cfg, **kwargs):
+        """Graphdef and ShapeDtypeStruct params without allocating (conversion, AOT plans)."""
+        return split_params(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), **kwargs)))
+
+    @classmethod
+    def random(cls, cfg, seed: int = 0, **kwargs):
+        """(graphdef, random params), all weights from one compiled random draw.
+
+        Eager NNX construction compiles every random op separately, and even under jit forty
+        separate threefry draws take XLA many seconds to compile on CPU; one flat draw sliced
+        into the weights compiles in well under a second. kwargs: param_dtype, dtype, remat.
+        """
+        model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), **kwargs))
+        graphdef, state = nnx.split(model, nnx.Param)
+        return graphdef, draw_params(state, jax.random.key(seed))
+
+
+class LlavaModel(ImageTextModel):
+    """CLIP tower + projector + decoder. Images are channels-last (B, H, W, C) or (B, K, H, W, C),
+    already CLIP-normalised (see rlvlm_jax.models.preprocess)."""
+
+    def vision_side(self, cfg: LlavaConfig, *, remat: bool, **kw):
+        return VisionTower(cfg.vision, remat=remat, **kw), Projector(cfg, **kw)
 
     def image_features(self, images: jax.Array) -> jax.Array:
         """(B, H, W, C) or (B, K, H, W, C) -> projected features (B, K * tokens, D_text)."""
@@ -137,40 +231,10 @@ class LlavaModel(nnx.Module):
         feats = self.projector(feats)
         return feats.reshape(b, k * feats.shape[1], feats.shape[-1])
 
-    def embed(self, input_ids: jax.Array, images: jax.Array | None) -> jax.Array:
-        embeds = self.text.embed_tokens(input_ids)
-        if images is not None:
-            embeds = merge_image_features(embeds, input_ids, self.image_features(images),
-                                          self.cfg.image_token_id)
-        return embeds
-
-    def hidden_states(self, input_ids: jax.Array, images: jax.Array | None,
-                      attention_mask: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-        """Final (post-norm) hidden states (B, S, D) in the compute dtype."""
-        if positions is None:
-            positions = positions_from_mask(attention_mask)
-        hidden, _ = self.text.forward(self.embed(input_ids, images), positions, attention_mask)
-        return hidden
-
-    def __call__(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
-                 positions: jax.Array | None = None) -> jax.Array:
-        """Float32 logits (B, S, V)."""
-        return self.text.logits(self.hidden_states(input_ids, images, attention_mask, positions))
-
-    def prefill(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
-                cache: dict) -> tuple[jax.Array, dict]:
-        """Run the left-padded prompt, fill cache slots [0, S); return last-slot hidden (B, D)."""
-        positions = positions_from_mask(attention_mask)
-        hidden, cache = self.text.forward(self.embed(input_ids, images), positions,
-                                          attention_mask, cache)
-        return hidden[:, -1], cache
-
-    def decode(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array, cache: dict,
-               index: jax.Array) -> tuple[jax.Array, dict]:
-        """One token per row (B,) at slot `index` -> float32 logits (B, V) and the new cache."""
-        x = self.text.embed_tokens(tokens[:, None])
-        hidden, cache = self.text.decode(x, positions[:, None], kv_mask, cache, index)
-        return self.text.logits(hidden[:, 0]), cache
+    def prompt_positions(self, input_ids: jax.Array, attention_mask: jax.Array,
+                         with_images: bool) -> tuple[jax.Array, None]:
+        """RoPE positions over the real tokens, whatever they are; no rope delta."""
+        return positions_from_mask(attention_mask), None
 
 
 def split_params(model: nnx.Module):
@@ -181,20 +245,12 @@ def split_params(model: nnx.Module):
 
 def abstract_model(cfg: LlavaConfig, **kwargs):
     """Graphdef and ShapeDtypeStruct params without allocating (for conversion and AOT plans)."""
-    model = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0), **kwargs))
-    return split_params(model)
+    return LlavaModel.abstract(cfg, **kwargs)
 
 
 def init_params(cfg: LlavaConfig, seed: int = 0, **kwargs):
-    """(graphdef, random params), all weights from one compiled random draw.
-
-    Eager NNX construction compiles every random op separately, and even under jit forty
-    separate threefry draws take XLA many seconds to compile on CPU; one flat draw sliced into
-    the weights compiles in well under a second. kwargs: param_dtype, dtype, remat.
-    """
-    model = nnx.eval_shape(lambda: LlavaModel(cfg, rngs=nnx.Rngs(0), **kwargs))
-    graphdef, state = nnx.split(model, nnx.Param)
-    return graphdef, draw_params(state, jax.random.key(seed))
+    """(graphdef, random params) from one compiled draw (`ImageTextModel.random`)."""
+    return LlavaModel.random(cfg, seed, **kwargs)
 
 
 def draw_params(state, key: jax.Array) -> dict:

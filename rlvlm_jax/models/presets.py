@@ -73,41 +73,34 @@ def get(name: str) -> LlavaConfig:
 # The image size is ours: the models take any multiple of 28 px; 448 x 448 gives 256 tokens.
 # Kept apart from PRESETS, whose entries are LlavaConfigs.
 # ---------------------------------------------------------------------------------------------
-def _qwen2_vl(text_hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-              vocab: int, tie: bool, image_size: int = 448):
+def _qwen(variant: str, vision: dict, text_hidden: int, intermediate: int, layers: int,
+          heads: int, kv_heads: int, vocab: int, tie: bool, max_positions: int,
+          image_size: int = 448):
+    """A Qwen-VL config: the 32-layer 1280-wide ViT (`vision`: what the variants set apart) and
+    a Qwen2 decoder (`QwenTextConfig`'s defaults: theta 1e6, RMS eps 1e-6, M-RoPE 16/24/24)."""
     from rlvlm_jax.models.qwen2_vl import QwenVLConfig
     from rlvlm_jax.models.qwen_text import QwenTextConfig
     from rlvlm_jax.models.qwen_vision import QwenVisionConfig
 
     return QwenVLConfig(
-        vision=QwenVisionConfig(variant="qwen2_vl", hidden_size=1280, intermediate_size=5120,
-                                num_layers=32, num_heads=16, out_hidden_size=text_hidden,
-                                hidden_act="quick_gelu", image_height=image_size,
-                                image_width=image_size),
+        vision=QwenVisionConfig(variant=variant, hidden_size=1280, num_layers=32, num_heads=16,
+                                out_hidden_size=text_hidden, image_height=image_size,
+                                image_width=image_size, **vision),
         text=QwenTextConfig(vocab_size=vocab, hidden_size=text_hidden,
                             intermediate_size=intermediate, num_layers=layers, num_heads=heads,
-                            num_kv_heads=kv_heads, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                            mrope_section=(16, 24, 24), tie_embeddings=tie,
-                            max_position_embeddings=32768))
+                            num_kv_heads=kv_heads, tie_embeddings=tie,
+                            max_position_embeddings=max_positions))
 
 
-def _qwen2_5_vl(text_hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-                vocab: int, tie: bool, image_size: int = 448):
-    from rlvlm_jax.models.qwen2_vl import QwenVLConfig
-    from rlvlm_jax.models.qwen_text import QwenTextConfig
-    from rlvlm_jax.models.qwen_vision import QwenVisionConfig
+def _qwen2_vl(*text, tie: bool):
+    vision = dict(intermediate_size=5120, hidden_act="quick_gelu")
+    return _qwen("qwen2_vl", vision, *text, tie=tie, max_positions=32768)
 
-    return QwenVLConfig(
-        vision=QwenVisionConfig(variant="qwen2_5_vl", hidden_size=1280, intermediate_size=3420,
-                                num_layers=32, num_heads=16, out_hidden_size=text_hidden,
-                                hidden_act="silu", window_size=112,
-                                fullatt_block_indexes=(7, 15, 23, 31), image_height=image_size,
-                                image_width=image_size),
-        text=QwenTextConfig(vocab_size=vocab, hidden_size=text_hidden,
-                            intermediate_size=intermediate, num_layers=layers, num_heads=heads,
-                            num_kv_heads=kv_heads, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                            mrope_section=(16, 24, 24), tie_embeddings=tie,
-                            max_position_embeddings=128000))
+
+def _qwen2_5_vl(*text, tie: bool):
+    vision = dict(intermediate_size=3420, hidden_act="silu", window_size=112,
+                  fullatt_block_indexes=(7, 15, 23, 31))
+    return _qwen("qwen2_5_vl", vision, *text, tie=tie, max_positions=128000)
 
 
 def qwen2_vl_2b():

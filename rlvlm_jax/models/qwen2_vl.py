@@ -10,9 +10,10 @@ Images enter channels-last and normalised, (B, H, W, C) or (B, K, H, W, C) (see
 `qwen_preprocess.resize_normalize`), or already patchified in transformers' `pixel_values`
 layout, (B, N, C*T*P*P) or (B, K, N, C*T*P*P) (`qwen_preprocess.patchify`).
 
-Decoding needs each row's rope delta (max prompt position + 1 - prompt tokens): `prefill`
-stores it in the cache dict under "rope_delta" and `decode` adds it to the positions it is given
-(the sampler's count of real tokens), so `sampling.generate` runs this model unchanged.
+The forward, prefill and decode glue is `llava.ImageTextModel`'s and the decoder is
+`llama.Decoder` with the Qwen2 flags (`qwen_text.QwenTextConfig`). Decoding needs each row's rope
+delta (max prompt position + 1 - prompt tokens): the prefill caches it under "rope_delta" and
+decoding adds it to the positions it is given, so `sampling.generate` runs this model unchanged.
 """
 
 from __future__ import annotations
@@ -27,14 +28,10 @@ from jax.sharding import PartitionSpec as P
 
 from rlvlm_jax.models.common import param
 from rlvlm_jax.models.llama import init_cache as _init_kv_cache
-from rlvlm_jax.models.llava import draw_params, merge_image_features, split_params
+from rlvlm_jax.models.llava import ImageTextModel, positions_from_mask
+from rlvlm_jax.models.llava import make_forward as make_forward  # the same for every model
 from rlvlm_jax.models.qwen_preprocess import patchify
-from rlvlm_jax.models.qwen_text import (
-    QwenDecoder,
-    QwenTextConfig,
-    mrope_positions,
-    text_positions,
-)
+from rlvlm_jax.models.qwen_text import QwenTextConfig, mrope_positions
 from rlvlm_jax.models.qwen_vision import QwenVisionConfig, QwenVisionTower, layer_norm, rms_norm
 
 MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -158,18 +155,11 @@ class PatchMerger(nnx.Module):
         return x @ self.linear_2[...].astype(dtype) + self.linear_2_bias[...].astype(dtype)
 
 
-class QwenVLModel(nnx.Module):
+class QwenVLModel(ImageTextModel):
     """Vision tower + merger + Qwen2 decoder with M-RoPE."""
 
-    def __init__(self, cfg: QwenVLConfig, *, param_dtype=jnp.float32, dtype=jnp.float32,
-                 remat: bool = False, rngs: nnx.Rngs):
-        cfg.validate()
-        self.cfg = cfg
-        self.dtype = dtype
-        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.vision = QwenVisionTower(cfg.vision, remat=remat, **kw)
-        self.projector = PatchMerger(cfg.vision, **kw)
-        self.text = QwenDecoder(cfg.text, remat=remat, **kw)
+    def vision_side(self, cfg: QwenVLConfig, *, remat: bool, **kw):
+        return QwenVisionTower(cfg.vision, remat=remat, **kw), PatchMerger(cfg.vision, **kw)
 
     # -- images ---------------------------------------------------------------------------------
     def _patches(self, images: jax.Array) -> jax.Array:
@@ -188,19 +178,14 @@ class QwenVLModel(nnx.Module):
         feats = self.projector(self.vision(self._patches(images)))
         return feats.reshape(b, k * feats.shape[1], feats.shape[-1])
 
-    def embed(self, input_ids: jax.Array, images: jax.Array | None) -> jax.Array:
-        embeds = self.text.embed_tokens(input_ids)
-        if images is not None:
-            embeds = merge_image_features(embeds, input_ids, self.image_features(images),
-                                          self.cfg.image_token_id)
-        return embeds
-
     # -- positions ------------------------------------------------------------------------------
-    def positions(self, input_ids: jax.Array, attention_mask: jax.Array, with_images: bool,
-                  text_from: int | None = None) -> tuple[jax.Array, jax.Array]:
-        """(3, B, S) M-RoPE positions and (B,) rope deltas; 1-D positions without images."""
+    def prompt_positions(self, input_ids: jax.Array, attention_mask: jax.Array,
+                         with_images: bool, text_from: int | None = None
+                         ) -> tuple[jax.Array, jax.Array]:
+        """(3, B, S) M-RoPE positions and (B,) rope deltas; 1-D positions without images.
+        Tokens from index `text_from` on are text whatever their ids (`mrope_positions`)."""
         if not with_images:
-            pos = text_positions(attention_mask)
+            pos = positions_from_mask(attention_mask)
             return (jnp.broadcast_to(pos[None], (3, *pos.shape)),
                     jnp.zeros(pos.shape[:1], jnp.int32))
         return mrope_positions(input_ids, attention_mask, self.cfg.image_token_id,
@@ -215,23 +200,8 @@ class QwenVLModel(nnx.Module):
                                axis=1)
         ids = jnp.concatenate([input_ids, jnp.zeros(completion_mask.shape, input_ids.dtype)],
                               axis=1)
-        pos, _ = self.positions(ids, mask, with_images, text_from=p)
+        pos, _ = self.prompt_positions(ids, mask, with_images, text_from=p)
         return pos
-
-    # -- forward --------------------------------------------------------------------------------
-    def hidden_states(self, input_ids: jax.Array, images: jax.Array | None,
-                      attention_mask: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-        """Final (post-norm) hidden states (B, S, D) in the compute dtype (the value head's
-        input)."""
-        if positions is None:
-            positions, _ = self.positions(input_ids, attention_mask, images is not None)
-        hidden, _ = self.text.forward(self.embed(input_ids, images), positions, attention_mask)
-        return hidden
-
-    def __call__(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
-                 positions: jax.Array | None = None) -> jax.Array:
-        """Float32 logits (B, S, V)."""
-        return self.text.logits(self.hidden_states(input_ids, images, attention_mask, positions))
 
     # -- KV-cache sampling ----------------------------------------------------------------------
     def init_cache(self, batch: int, length: int, dtype=None) -> dict:
@@ -239,45 +209,12 @@ class QwenVLModel(nnx.Module):
         cache = _init_kv_cache(self.cfg.text, batch, length, dtype or self.dtype)
         return {**cache, "rope_delta": jnp.zeros((batch,), jnp.int32)}
 
-    def prefill(self, input_ids: jax.Array, images: jax.Array | None, attention_mask: jax.Array,
-                cache: dict) -> tuple[jax.Array, dict]:
-        """Run the left-padded prompt, fill cache slots [0, S) and the rope delta; return the
-        last slot's hidden state (B, D)."""
-        positions, delta = self.positions(input_ids, attention_mask, images is not None)
-        hidden, cache = self.text.forward(self.embed(input_ids, images), positions,
-                                          attention_mask, cache)
-        return hidden[:, -1], {**cache, "rope_delta": delta}
-
-    def decode(self, tokens: jax.Array, positions: jax.Array, kv_mask: jax.Array, cache: dict,
-               index: jax.Array) -> tuple[jax.Array, dict]:
-        """One token per row (B,) at slot `index`; `positions` (B,) counts the row's real tokens
-        before it (the sampler's convention) and the cached rope delta is added. Returns float32
-        logits (B, V) and the new cache."""
-        delta = cache.get("rope_delta")
-        if delta is not None:
-            positions = positions + delta
-        x = self.text.embed_tokens(tokens[:, None])
-        hidden, cache = self.text.decode(x, positions[:, None], kv_mask, cache, index)
-        return self.text.logits(hidden[:, 0]), cache
-
 
 def abstract_model(cfg: QwenVLConfig, **kwargs):
     """Graphdef and ShapeDtypeStruct params without allocating (conversion, AOT plans)."""
-    model = nnx.eval_shape(lambda: QwenVLModel(cfg, rngs=nnx.Rngs(0), **kwargs))
-    return split_params(model)
+    return QwenVLModel.abstract(cfg, **kwargs)
 
 
 def init_params(cfg: QwenVLConfig, seed: int = 0, **kwargs):
-    """(graphdef, random params) from one compiled draw (see `llava.init_params`)."""
-    model = nnx.eval_shape(lambda: QwenVLModel(cfg, rngs=nnx.Rngs(0), **kwargs))
-    graphdef, state = nnx.split(model, nnx.Param)
-    return graphdef, draw_params(state, jax.random.key(seed))
-
-
-def make_forward(graphdef, **jit_kwargs):
-    """A jitted `(params, input_ids, images, attention_mask) -> float32 logits`; create once."""
-
-    def forward(params, input_ids, images, attention_mask):
-        return nnx.merge(graphdef, params)(input_ids, images, attention_mask)
-
-    return jax.jit(forward, **jit_kwargs)
+    """(graphdef, random params) from one compiled draw (`llava.ImageTextModel.random`)."""
+    return QwenVLModel.random(cfg, seed, **kwargs)

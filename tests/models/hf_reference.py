@@ -1,4 +1,6 @@
-"""Tiny random transformers LLaVA models (the reference) and matching inputs, built in-test."""
+"""Tiny random transformers LLaVA models (the reference) and matching inputs, built in-test; and
+what the Qwen-VL tests share with them (left-padded prompts, the error measure, one converted
+setup per spec)."""
 
 from __future__ import annotations
 
@@ -76,18 +78,26 @@ def build_hf(spec: Spec):
     return model
 
 
-def make_inputs(num_image_tokens: int, batch: int = 3, length: int = 16, pads=(0, 3, 5),
-                seed: int = 0, with_images: bool = True):
-    """Left-padded prompts with one image's placeholders each: ids, mask (int32), images NHWC."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, IMAGE_TOKEN, (batch, length)).astype(np.int32)
+def padded_prompts(rng: np.random.Generator, batch: int, length: int, pads, high: int):
+    """Random token ids in [3, high) left-padded by pads[b % len(pads)] (id 0), and the mask;
+    both int32. Row b's first real token is at index `pads[b % len(pads)]`."""
+    ids = rng.integers(3, high, (batch, length)).astype(np.int32)
     mask = np.ones((batch, length), np.int32)
     for b in range(batch):
         pad = pads[b % len(pads)]
         mask[b, :pad] = 0
         ids[b, :pad] = 0
-        if with_images:
-            start = pad + 1 + b % 2
+    return ids, mask
+
+
+def make_inputs(num_image_tokens: int, batch: int = 3, length: int = 16, pads=(0, 3, 5),
+                seed: int = 0, with_images: bool = True):
+    """Left-padded prompts with one image's placeholders each: ids, mask (int32), images NHWC."""
+    rng = np.random.default_rng(seed)
+    ids, mask = padded_prompts(rng, batch, length, pads, IMAGE_TOKEN)
+    if with_images:
+        for b in range(batch):
+            start = pads[b % len(pads)] + 1 + b % 2
             ids[b, start:start + num_image_tokens] = IMAGE_TOKEN
     images = rng.standard_normal((batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
     return ids, mask, images
@@ -115,3 +125,16 @@ def rel_err(ours, ref, mask) -> float:
     m = np.asarray(mask).astype(bool)
     ours, ref = np.asarray(ours)[m], np.asarray(ref)[m]
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def setup_cache(make):
+    """`get(spec, tmp_path_factory)`: `make(spec, path)` built once per spec name in a fresh
+    directory, so that several module-scoped fixtures share one converted model."""
+    built = {}
+
+    def get(spec, tmp_path_factory):
+        if spec.name not in built:
+            built[spec.name] = make(spec, str(tmp_path_factory.mktemp(spec.name)))
+        return built[spec.name]
+
+    return get

@@ -21,7 +21,7 @@ import torch
 from flax import nnx
 
 from rlvlm_jax import sharding
-from rlvlm_jax.models import presets, qwen_conversion
+from rlvlm_jax.models import conversion, presets, qwen_conversion
 from rlvlm_jax.models.conversion import CheckpointError
 from rlvlm_jax.models.qwen2_vl import (
     QWEN_PARAM_RULES,
@@ -33,6 +33,7 @@ from rlvlm_jax.models.qwen2_vl import (
 from rlvlm_jax.models.qwen_preprocess import patchify
 from rlvlm_jax.models.qwen_text import mrope_positions
 from rlvlm_jax.models.sampling import Sampler, SamplingConfig
+from tests.models.hf_reference import padded_prompts, rel_err, setup_cache
 
 VOCAB, IMAGE, VIDEO, START, END = 128, 100, 101, 98, 99
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # parity tests: compile quickly
@@ -120,13 +121,9 @@ def make_inputs(spec: Spec, tokens: int, batch: int = 3, length: int = 0, pads=(
     rng = np.random.default_rng(seed)
     k = spec.images_per_row
     length = length or max(pads) + k * (tokens + 3) + 6
-    ids = rng.integers(3, START, (batch, length)).astype(np.int32)
-    mask = np.ones((batch, length), np.int32)
+    ids, mask = padded_prompts(rng, batch, length, pads, START)
     for b in range(batch):
-        pad = pads[b % len(pads)]
-        mask[b, :pad] = 0
-        ids[b, :pad] = 0
-        at = pad + 1 + b % 2
+        at = pads[b % len(pads)] + 1 + b % 2
         for _ in range(k):
             ids[b, at] = START
             ids[b, at + 1:at + 1 + tokens] = IMAGE
@@ -161,12 +158,6 @@ def hf_logits(model, spec, ids, mask, images, position_ids=None):
         return model(**kw).logits.float().numpy()
 
 
-def rel_err(ours, ref, mask) -> float:
-    m = np.asarray(mask).astype(bool)
-    ours, ref = np.asarray(ours)[m], np.asarray(ref)[m]
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
-
-
 class Setup:
     """A reference model saved to disk (sharded), converted, with a compiled forward."""
 
@@ -175,7 +166,7 @@ class Setup:
         self.hf = build_hf(spec)
         self.path = path
         self.hf.save_pretrained(path, max_shard_size="200KB")
-        self.cfg, params = qwen_conversion.load_hf_checkpoint(
+        self.cfg, params = conversion.load_hf_checkpoint(
             path, image_size=(spec.height, spec.width))
         self.params = jax.tree.map(jnp.asarray, params)
         self.graphdef, _ = abstract_model(self.cfg)
@@ -184,13 +175,7 @@ class Setup:
         self.logits = self.forward(self.params, self.ids, self.images, self.mask)
 
 
-_SETUPS = {}
-
-
-def _get(spec, tmp_path_factory) -> Setup:
-    if spec.name not in _SETUPS:
-        _SETUPS[spec.name] = Setup(spec, str(tmp_path_factory.mktemp(spec.name)))
-    return _SETUPS[spec.name]
+_get = setup_cache(Setup)
 
 
 @pytest.fixture(scope="module", params=SPECS, ids=lambda s: s.name)
@@ -262,13 +247,13 @@ def test_patches_and_pixels_give_the_same_logits(qwen2):
 def test_export_loads_in_transformers(setup, tmp_path):
     s = setup
     cls = type(s.hf)
-    qwen_conversion.export_hf_checkpoint(s.params, s.cfg, str(tmp_path), max_shard_bytes=100_000)
+    conversion.export_hf_checkpoint(s.params, s.cfg, str(tmp_path), max_shard_bytes=100_000)
     assert os.path.isfile(tmp_path / "model.safetensors.index.json")
     back = cls.from_pretrained(str(tmp_path)).eval()
     np.testing.assert_allclose(hf_logits(back, s.spec, s.ids, s.mask, s.images),
                                hf_logits(s.hf, s.spec, s.ids, s.mask, s.images), rtol=0,
                                atol=1e-6)
-    cfg2, params2 = qwen_conversion.load_hf_checkpoint(
+    cfg2, params2 = conversion.load_hf_checkpoint(
         str(tmp_path), image_size=(s.spec.height, s.spec.width))
     assert cfg2 == s.cfg
     jax.tree.map(np.testing.assert_array_equal, params2, jax.device_get(s.params))
@@ -277,8 +262,8 @@ def test_export_loads_in_transformers(setup, tmp_path):
 def test_state_dict_conversion_equals_directory(qwen25):
     """The in-memory path (transformers-5 key layout, tied lm_head ignored) reads the same."""
     s = qwen25
-    cfg, params = qwen_conversion.from_state_dict(s.hf.config.to_dict(), s.hf.state_dict(),
-                                                  (s.spec.height, s.spec.width))
+    cfg, params = conversion.from_state_dict(s.hf.config.to_dict(), s.hf.state_dict(),
+                                             image_size=(s.spec.height, s.spec.width))
     assert cfg == s.cfg
     jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(s.params))
 
@@ -366,12 +351,12 @@ def test_processor_config_mismatch_is_named(qwen2, tmp_path):
     (path / "preprocessor_config.json").write_text(json.dumps(
         {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14, "merge_size": 2,
          "temporal_patch_size": 2, "min_pixels": 3136, "max_pixels": 12845056}))
-    qwen_conversion.load_hf_checkpoint(str(path), image_size=size)  # matching: fine
+    conversion.load_hf_checkpoint(str(path), image_size=size)  # matching: fine
     (path / "preprocessor_config.json").write_text(json.dumps({"merge_size": 4,
                                                                 "resample": 2}))
     with pytest.raises(CheckpointError, match=r"merge_size 4 != .*spatial_merge_size 2.*"
                                               r"resample 2 is not supported"):
-        qwen_conversion.load_hf_checkpoint(str(path), image_size=size)
+        conversion.load_hf_checkpoint(str(path), image_size=size)
 
 
 def test_missing_and_misshaped_tensors_are_named(qwen2, tmp_path):
@@ -380,7 +365,7 @@ def test_missing_and_misshaped_tensors_are_named(qwen2, tmp_path):
     sd["model.visual.blocks.0.attn.qkv.weight"] = sd["model.visual.blocks.0.attn.qkv.weight"][1:]
     sd["model.visual.blocks.0.attn.extra"] = np.zeros(3, np.float32)
     with pytest.raises(CheckpointError) as e:
-        qwen_conversion.from_state_dict(qwen2.hf.config.to_dict(), sd, (56, 112))
+        conversion.from_state_dict(qwen2.hf.config.to_dict(), sd, image_size=(56, 112))
     msg = str(e.value)
     assert "text.layers.1.mlp.up_proj.weight" in msg and "missing" in msg
     assert "attn.qkv.weight" in msg and "(95, 32)" in msg and "(96, 32)" in msg
@@ -411,7 +396,7 @@ def test_random_init_model_exports(tmp_path):
     cfg = dataclasses.replace(hf_cfg, vision=dataclasses.replace(hf_cfg.vision, num_layers=1,
                                                                   fullatt_block_indexes=(0,)))
     graphdef, params = init_params(cfg, seed=3)
-    qwen_conversion.export_hf_checkpoint(params, cfg, str(tmp_path))
+    conversion.export_hf_checkpoint(params, cfg, str(tmp_path))
     back = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     ids, mask, images = make_inputs(spec, cfg.num_image_tokens, seed=4)
     ours = make_forward(graphdef, compiler_options=FAST_COMPILE)(params, ids, images, mask)
@@ -448,14 +433,14 @@ def test_presets_trace(name):
 def test_cli_round_trip(qwen2, tmp_path):
     """The command line (two interpreter starts with jax: ~5 s)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "rlvlm_jax.models.qwen_conversion",
+    run = lambda *a: subprocess.run([sys.executable, "-m", "rlvlm_jax.models.conversion",
                                      *a], capture_output=True, text=True, env=env)
     ours, hf = tmp_path / "ours", tmp_path / "hf"
     r = run("to-jax", qwen2.path, str(ours), "--image-size", "56x112")
     assert r.returncode == 0, r.stderr
     assert run("to-hf", str(ours), str(hf)).returncode == 0
-    _, a = qwen_conversion.load_hf_checkpoint(qwen2.path, image_size=(56, 112))
-    _, b = qwen_conversion.load_hf_checkpoint(str(hf), image_size=(56, 112))
+    _, a = conversion.load_hf_checkpoint(qwen2.path, image_size=(56, 112))
+    _, b = conversion.load_hf_checkpoint(str(hf), image_size=(56, 112))
     jax.tree.map(np.testing.assert_array_equal, a, b)
     bad = run("to-jax", qwen2.path, str(tmp_path / "x"), "--image-size", "56x100")
     assert bad.returncode == 2 and "does not divide the merge size" in bad.stderr
@@ -501,7 +486,7 @@ def test_sharded_forward_matches_single_device(qwen25, monkeypatch):
 @pytest.mark.slow
 def test_bfloat16_params_and_compute(qwen25):
     s = qwen25
-    cfg, params = qwen_conversion.load_hf_checkpoint(s.path, "bfloat16",
+    cfg, params = conversion.load_hf_checkpoint(s.path, "bfloat16",
                                                      image_size=(s.spec.height, s.spec.width))
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(jnp.bfloat16)}
     graphdef, _ = abstract_model(cfg, dtype=jnp.bfloat16)

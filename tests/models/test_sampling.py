@@ -46,13 +46,7 @@ class Setup:
         return out.numpy()[:, ids.shape[1]:]
 
 
-_SETUPS = {}
-
-
-def _get(spec, tmp_path_factory):
-    if spec.name not in _SETUPS:
-        _SETUPS[spec.name] = Setup(spec, str(tmp_path_factory.mktemp(spec.name)))
-    return _SETUPS[spec.name]
+_get = ref.setup_cache(Setup)
 
 
 @pytest.fixture(scope="module", params=SPECS, ids=lambda s: s.name)
