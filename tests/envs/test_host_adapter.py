@@ -282,6 +282,7 @@ def toy_training(toy_run, tmp_path_factory):
     return workdir, stopped, resets, out, printed.getvalue()
 
 
+@pytest.mark.slow  # a training run (~13 s quiet, ~45 s on a loaded 2-core machine)
 def test_host_training_improves_reward(toy_run, toy_training):
     """SFT on half-wrong answers, then PPO on the gymnasium env: success rises well above the
     SFT policy's coin flip."""
@@ -294,6 +295,7 @@ def test_host_training_improves_reward(toy_run, toy_training):
     assert os.path.isfile(os.path.join(workdir, "results.json"))
 
 
+@pytest.mark.slow  # a training run (~13 s quiet, ~45 s on a loaded 2-core machine)
 def test_resume_resets_the_host_envs(toy_run, toy_training):
     """A host env's state cannot be saved: the resumed run restores params, optimiser and RNG
     from its checkpoint, resets its environments and finishes."""
