@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.vocab_size = 2048  # BPE merge budget when building (the corpus stops near 1.25k)
 
     c.model = ml_collections.ConfigDict()
+    c.model.family = "llava"  # random-init architecture: "llava", "qwen2_vl" or "qwen2_5_vl"
     c.model.vision_hidden = 64  # ViT width
     c.model.vision_mlp = 256  # ViT MLP width
     c.model.vision_layers = 2  # ViT depth (LLaVA reads the second-to-last hidden state)

@@ -75,6 +75,7 @@ NAMED = {  # field -> the names it may take
     "env.style": envs.STYLES,  # the card tasks' pictures: ours, or gym_cards' own (300 px)
     "env.blanks": envs.BLANK_RULES,  # how "=" reads a blank token (EZPoints, Points24)
     "template": TEMPLATES,
+    "model.family": policy_lib.FAMILIES,  # random-init architecture (a checkpoint says its own)
     "model.init": INITS,
     "model.pixels": PIXELS,
     "model.dtype": DTYPES,
@@ -281,6 +282,7 @@ def _check_rest(c, p, abstract: bool, model) -> None:
 
     # The model from the config's fields (no checkpoint, no planner preset).
     checkpoint = c.model.checkpoint or ""
+    _check_qwen_support(c, model)
     if model is None and not checkpoint:
         _validate_architecture(c)
         if starts_from_reader(c):
@@ -301,17 +303,48 @@ def _validate_architecture(c) -> None:
     """The config's model section as an architecture, checked by the model configs' own
     `validate` before the tokenizer is built (the vocabulary is not known yet: any size fits)."""
     m = c.model
-    cfg = policy_lib.architecture(m, c.image_size, max(int(m.vocab_size), 64))
     try:
-        dataclasses.replace(cfg, image_token_id=0).validate()
+        cfg = policy_lib.architecture(m, c.image_size, max(int(m.vocab_size), 64))
+        ids = {"image_token_id": 0}
+        if policy_lib.chat_of(cfg) == "qwen":
+            ids["video_token_id"] = 0
+        cfg = dataclasses.replace(cfg, **ids)
+        cfg.validate()
     except ValueError as e:
         raise ValueError(f"config.model and config.image_size do not describe a model: {e}"
                          ) from None
-    image_tokens = (c.image_size // m.patch_size) ** 2
+    image_tokens = cfg.num_image_tokens
     if image_tokens + 1 + c.max_new_tokens > m.max_positions:
         raise ValueError(f"{image_tokens} image tokens + max_new_tokens ({c.max_new_tokens}) "
                          f"exceed the model's {m.max_positions} positions "
                          "(config.model.max_positions) before any prompt text")
+
+
+def is_qwen(config, model=None) -> bool:
+    """Whether the run's model is a Qwen2-VL / Qwen2.5-VL (the planner's preset, the checkpoint's
+    model_type, else config.model.family)."""
+    if model is not None:
+        return policy_lib.chat_of(model[0]) == "qwen"
+    checkpoint = config.model.checkpoint or ""
+    if checkpoint:
+        return policy_lib.checkpoint_model_type(checkpoint) in policy_lib.QWEN_MODEL_TYPES
+    return policy_lib.family(config.model) != "llava"
+
+
+def _check_qwen_support(c, model) -> None:
+    """What does not run a Qwen model yet, refused by name before anything is built."""
+    if not is_qwen(c, model):
+        return
+    if is_host(c):
+        raise ValueError("env.kind 'host' runs LLaVA models only (its prompts use <image>); use "
+                         "the jitted card tasks (env.kind 'gymnax') with a Qwen model")
+    if c.sft.steps > 0 and (_field(c, "sft.json", "") or ""):
+        raise ValueError("config.sft.json holds LLaVA conversations (<image>): it does not feed "
+                         "a Qwen model; use the generated demonstrations (sft.json '')")
+    if starts_from_reader(c):
+        raise ValueError("config.pretrain builds a LLaVA reader; with a Qwen model "
+                         "(model.family) set config.pretrain.enabled=False or give "
+                         "model.checkpoint")
 
 
 def starts_from_reader(config) -> bool:
@@ -354,8 +387,8 @@ def _validate_files(c, abstract: bool) -> None:
     if not tok_path and not has_tokenizer:
         raise ValueError(f"config.model.checkpoint {checkpoint!r} holds no tokenizer; set "
                          "config.tokenizer.path")
-    cfg = conversion.load_hf_config(checkpoint)
-    if cfg.vision.image_size != c.image_size:
+    cfg = policy_lib.load_config(checkpoint, c.image_size)
+    if policy_lib.chat_of(cfg) == "llava" and cfg.vision.image_size != c.image_size:
         raise ValueError(f"the checkpoint's vision tower takes {cfg.vision.image_size} px; "
                          f"config.image_size is {c.image_size}")
     if tok_path and has_tokenizer and not abstract:
@@ -668,11 +701,10 @@ def _tokenizer_and_architecture(c, workdir, model):
     if model is not None:
         cfg, tokenizer = model
         return cfg, tokenizer
-    tokenizer = get_tokenizer(c.tokenizer, workdir, c.model.checkpoint)
+    chat = "qwen" if is_qwen(c) else "llava"
+    tokenizer = get_tokenizer(c.tokenizer, workdir, c.model.checkpoint, chat)
     if c.model.checkpoint:
-        from rlvlm_jax.models.conversion import load_hf_config
-
-        return load_hf_config(c.model.checkpoint), tokenizer
+        return policy_lib.load_config(c.model.checkpoint, c.image_size), tokenizer
     return policy_lib.llava_config(c.model, c.image_size, tokenizer), tokenizer
 
 
@@ -731,7 +763,7 @@ def _build(config, workdir, *, abstract, model, prompt_tokens, devices, xla_opti
         task = c.task
         max_formula = getattr(env, "max_tokens", -1) + 1
         encoder = PromptEncoder(tokenizer, c.task, c.cot, c.template, cfg.num_image_tokens,
-                                max_formula=max_formula)
+                                max_formula=max_formula, chat=policy_lib.chat_of(cfg))
     if prompt_tokens:  # an int, or a function of the encoder (the planner's estimate)
         encoder.length = int(prompt_tokens(encoder) if callable(prompt_tokens) else prompt_tokens)
     check_positions(cfg, encoder.length, c.max_new_tokens)
@@ -833,6 +865,7 @@ def validate_single_turn(config) -> None:
             raise ValueError(f"config.data.suite_kinds {c.data.suite_kinds!r}: unknown "
                              f"{unknown or 'none given'}; known: {list(card_suite.KINDS)}")
     checkpoint = c.model.checkpoint or ""
+    _check_qwen_support(c, None)
     if not checkpoint:
         _validate_architecture(c)
         if starts_from_reader(c):

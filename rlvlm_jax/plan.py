@@ -81,6 +81,7 @@ from ml_collections import config_flags
 from rlvlm_jax import devices as devices_lib
 from rlvlm_jax import planning
 from rlvlm_jax.build import Run, build, with_shardings
+from rlvlm_jax.envs.prompts import QWEN_SPECIALS, image_token
 from rlvlm_jax.models import presets
 from rlvlm_jax.planning.accounting import (
     _memory,
@@ -136,20 +137,49 @@ def parse_mesh(text) -> tuple[int, int, int]:
 
 
 @functools.cache
-def _card_tokenizer(vocab_size: int):
+def _card_tokenizer(vocab_size: int, chat: str = "llava"):
     with tempfile.TemporaryDirectory(prefix="rlvlm_plan_tok_") as tmp:
-        build_card_tokenizer(tmp, vocab_size)
+        build_card_tokenizer(tmp, vocab_size, chat=chat)
         return load_tokenizer(tmp)  # read into memory: the directory goes
 
 
 def _preset_for(config, config_path: str | None) -> str | None:
     """The preset a pretrained-model config means, from its file or checkpoint name."""
     text = f"{config_path or ''} {config.model.get('checkpoint', '')}".lower()
+    qwen = re.search(r"qwen2(?:[._]?(5))?[-_]?vl[-_]?(\d+)b", text)
+    if qwen:
+        return f"qwen2{'.5' if qwen.group(1) else ''}-vl-{qwen.group(2)}b"
     if "mistral" in text:
         return "llava-v1.6-mistral-7b"
     if re.search(r"llava[-_]?1\.?5|vicuna", text):
         return "llava-1.5-7b"
     return None
+
+
+def _get_preset(name: str):
+    """A LLaVA or Qwen-VL preset by name (`models.presets`)."""
+    if name in presets.QWEN_PRESETS:
+        return presets.get_qwen(name)
+    try:
+        return presets.get(name)
+    except KeyError:
+        known = sorted(presets.PRESETS) + sorted(presets.QWEN_PRESETS)
+        raise PlanError(f"unknown preset {name!r}; known: {known}") from None
+
+
+def _at_image_size(cfg, config):
+    """A Qwen config at config.image_size^2 px (its tower takes any multiple of 28: the planner
+    plans the run's fixed grid); a LLaVA config unchanged."""
+    if policy_lib.chat_of(cfg) != "qwen":
+        return cfg
+    size = config.image_size
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(
+        cfg.vision, image_height=size, image_width=size))
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise PlanError(f"config.image_size {size}: {e}") from None
+    return cfg
 
 
 @dataclasses.dataclass
@@ -161,7 +191,8 @@ class ModelSource:
 
 
 def model_source(config, preset: str | None = "auto", config_path: str | None = None):
-    """(LlavaConfig, tokenizer) without weights; see the module docstring."""
+    """(model config, tokenizer) without weights; see the module docstring. Without the model's
+    own tokenizer the card tokenizer stands in (with Qwen's special tokens for a Qwen model)."""
     from rlvlm_jax.models.conversion import config_from_hf
 
     m = config.model
@@ -175,31 +206,43 @@ def model_source(config, preset: str | None = "auto", config_path: str | None = 
             break
     if tok_path and own_tok is None:
         raise PlanError(f"config.tokenizer.path {tok_path!r} holds no tokenizer")
-    tokenizer = own_tok or _card_tokenizer(int(config.tokenizer.get("vocab_size", 2048)))
+    vocab = int(config.tokenizer.get("vocab_size", 2048))
+
+    def stand_in(cfg):
+        return own_tok or _card_tokenizer(vocab, policy_lib.chat_of(cfg))
 
     if preset in (None, "auto"):
         preset = None
         if ckpt and os.path.isfile(os.path.join(ckpt, "config.json")):
             with open(os.path.join(ckpt, "config.json")) as f:
-                cfg = config_from_hf(json.load(f))
+                hf = json.load(f)
+            qwen = hf.get("model_type") in policy_lib.QWEN_MODEL_TYPES
+            size = config.image_size
+            cfg = config_from_hf(hf, (size, size) if qwen else None)
             _check_image_size(cfg, config)
-            return ModelSource(cfg, tokenizer, f"{ckpt}/config.json", own_tok is not None)
+            return ModelSource(cfg, stand_in(cfg), f"{ckpt}/config.json", own_tok is not None)
         preset = _preset_for(config, config_path)
         if preset is None and ckpt:
+            known = sorted(presets.PRESETS) + sorted(presets.QWEN_PRESETS)
             raise PlanError(f"config.model.checkpoint {ckpt!r} does not exist here and no preset "
-                            f"matches the config; pass --preset (one of {sorted(presets.PRESETS)})")
+                            f"matches the config; pass --preset (one of {known})")
     if preset and preset != "none":
-        try:
-            cfg = presets.get(preset)
-        except KeyError as e:
-            raise PlanError(str(e.args[0])) from None
+        cfg = _at_image_size(_get_preset(preset), config)
         _check_image_size(cfg, config)
-        return ModelSource(cfg, tokenizer, f"preset {preset}", own_tok is not None)
+        return ModelSource(cfg, stand_in(cfg), f"preset {preset}", own_tok is not None)
+    tokenizer = own_tok or _card_tokenizer(vocab, "llava" if policy_lib.family(m) == "llava"
+                                           else "qwen")
     cfg = policy_lib.llava_config(config.model, config.image_size, tokenizer)
     return ModelSource(cfg, tokenizer, "config.model fields", True)
 
 
 def _check_image_size(cfg, config) -> None:
+    if policy_lib.chat_of(cfg) == "qwen":  # (H, W): the run's pictures are square
+        hw = (cfg.vision.image_height, cfg.vision.image_width)
+        if hw != (config.image_size, config.image_size):
+            raise PlanError(f"the model's vision tower runs a {hw[0]}x{hw[1]} px grid; "
+                            f"config.image_size is {config.image_size}")
+        return
     if cfg.vision.image_size != config.image_size:
         raise PlanError(f"the model's vision tower takes {cfg.vision.image_size} px; "
                         f"config.image_size is {config.image_size}")
@@ -208,10 +251,15 @@ def _check_image_size(cfg, config) -> None:
 def estimate_prompt_tokens(encoder) -> int:
     """Prompt length without the model's tokenizer: image tokens + BOS + characters / 3.5 +
     formula slots, from the prompt text the (stand-in) `encoder` holds."""
+    chat = getattr(encoder, "chat", "llava")
     text = prompt_text(encoder.task, ["\x00"] if encoder.num_slots else None, encoder.cot,
-                       encoder.template)
+                       encoder.template, chat)
+    specials = 0  # Qwen's chat template: one token each (the image pad is counted above)
+    for token in (QWEN_SPECIALS if chat == "qwen" else ()):
+        specials += text.count(token) * (token != image_token(chat))
+        text = text.replace(token, "")
     chars = len(text.replace(IMAGE_TOKEN, "").replace("\x00", ""))
-    return (encoder.num_image_tokens + 1 + math.ceil(chars / CHARS_PER_TOKEN)
+    return (encoder.num_image_tokens + 1 + specials + math.ceil(chars / CHARS_PER_TOKEN)
             + encoder.num_slots * encoder.max_formula)
 
 

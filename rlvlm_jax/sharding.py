@@ -26,9 +26,20 @@ from jax.sharding import PartitionSpec as P
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
 
+# Qwen2-VL / Qwen2.5-VL params the rules below do not cover (or cover only by the replicated
+# catch-all); every other Qwen param (vision q/k/v/o and fc1/fc2, the merger as projector/linear_*,
+# the decoder) matches the CLIP/LLaVA/LLaMA rules with the same shapes. Shapes: qwen_vision.py.
+QWEN_PARAM_RULES: tuple[tuple[str, P], ...] = (
+    (r"^vision/patch_proj$", P(None, "fsdp")),  # (C*T*P*P, Dv)
+    (r"^vision/layers/\d+/(gate|up)_proj$", P("fsdp", "tensor")),  # (Dv, F) Qwen2.5 SwiGLU
+    (r"^vision/layers/\d+/(gate|up)_bias$", P("tensor")),  # (F,)
+    (r"^vision/layers/\d+/down_proj$", P("tensor", "fsdp")),  # (F, Dv)
+    (r"^text/layers/\d+/[qkv]_bias$", P("tensor", None)),  # (H or K, hd), like the projections
+)
+
 # (regex searched in the "/"-joined param path, PartitionSpec). First match wins. Per-layer
 # weights live at vision/layers/<i>/... and text/layers/<i>/... . Shapes: clip.py, llama.py.
-PARAM_RULES: tuple[tuple[str, P], ...] = (
+PARAM_RULES: tuple[tuple[str, P], ...] = QWEN_PARAM_RULES + (
     # CLIP vision tower
     (r"^vision/patch_embed$", P(None, None, None, "fsdp")),  # (p, p, C, D)
     (r"^vision/pos_embed$", P(None, "fsdp")),  # (N + 1, D)
@@ -59,6 +70,15 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
 )
 
 CACHE_SPEC = P(BATCH, "tensor", None, None)  # each layer's K or V cache (B, K, C, hd)
+ROPE_DELTA_SPEC = P(BATCH)  # the (B,) rope delta an M-RoPE model (Qwen2-VL) keeps in its cache
+
+
+def cache_specs(rope_delta: bool = False):
+    """PartitionSpecs of a decoding cache, as a prefix of its pytree: CACHE_SPEC for every K
+    and V, and with `rope_delta` the M-RoPE models' extra (B,) entry split over the batch."""
+    if not rope_delta:
+        return CACHE_SPEC
+    return {"k": CACHE_SPEC, "v": CACHE_SPEC, "rope_delta": ROPE_DELTA_SPEC}
 
 
 class ShardingError(ValueError):
@@ -160,11 +180,18 @@ class Shardings:
                                 f"{self.batch_divisor} on mesh {dict(self.mesh.shape)}")
 
     def cache_sharding(self, cache):
-        def one(x):
-            _check_divides("KV cache", x.shape, CACHE_SPEC, self.mesh)
-            return NamedSharding(self.mesh, CACHE_SPEC)
+        def one(path, x):
+            delta = _path_str(path[:1]) == "rope_delta"
+            spec = ROPE_DELTA_SPEC if delta else CACHE_SPEC
+            _check_divides("rope delta" if delta else "KV cache", x.shape, spec, self.mesh)
+            return NamedSharding(self.mesh, spec)
 
-        return jax.tree.map(one, cache)
+        return jax.tree_util.tree_map_with_path(one, cache)
+
+    def cache_prefix(self, rope_delta: bool = False):
+        """NamedShardings of a decoding cache as a pytree prefix (`cache_specs`), for jit."""
+        return jax.tree.map(lambda s: NamedSharding(self.mesh, s), cache_specs(rope_delta),
+                            is_leaf=lambda x: isinstance(x, P))
 
     def jit(self, fn, args: str, out_shardings=None, **kwargs):
         """jax.jit with explicit shardings, called under this mesh (so `constrain` applies).

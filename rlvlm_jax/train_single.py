@@ -47,9 +47,11 @@ from rlvlm_jax.config_files import parse_flags
 from rlvlm_jax.data import card_suite, jsonl
 from rlvlm_jax.data.problems import Problems
 from rlvlm_jax.distributed import to_host
+from rlvlm_jax.envs.prompts import image_token
 from rlvlm_jax.rl import metrics as metrics_lib
 from rlvlm_jax.rl import rewards as rewards_lib
 from rlvlm_jax.rl import sft as sft_lib
+from rlvlm_jax.rl.policy import chat_of
 from rlvlm_jax.rl.single_turn import Prompts, encode_problems, prompt_texts
 from rlvlm_jax.sharding import BATCH
 from rlvlm_jax.tensorboard import Progress
@@ -91,13 +93,17 @@ def load_data(run: SingleTurnRun) -> dict[str, Split]:
     c = run.config
     problems = {s: load_split(c, s) for s in SPLITS}
     length = c.prompt_length
+    chat = chat_of(run.cfg)
     if not length:  # the longest prompt of any split
-        length = max(len(prompt_ids(run.tokenizer, text, run.cfg.num_image_tokens))
-                     for p in problems.values() for text in prompt_texts(p.questions, c.template))
+        length = max(len(prompt_ids(run.tokenizer, text, run.cfg.num_image_tokens,
+                                    image_token(chat)))
+                     for p in problems.values()
+                     for text in prompt_texts(p.questions, c.template, chat))
     check_positions(run.cfg, length, c.max_new_tokens)
     data = {}
     for name, p in problems.items():
-        prompts = encode_problems(p, run.tokenizer, c.template, run.cfg.num_image_tokens, length)
+        prompts = encode_problems(p, run.tokenizer, c.template, run.cfg.num_image_tokens, length,
+                                  chat)
         sft = encode_solutions(run, p, prompts) if name == "train" and c.sft.steps > 0 else None
         data[name] = Split(name, p, prompts, run.mesh, sft)
     return data

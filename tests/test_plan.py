@@ -277,3 +277,52 @@ def test_depth_extrapolation_is_linear():
     assert out["flops"]["units"]["decode_step"] == pytest.approx(64.0)
     assert out["extrapolated"]["largest_fit_residual_bytes"] < 1e-6
     assert out["compile_seconds"] == {"rollout": 2.0, "update": 4.0}
+
+
+QWEN_7B = os.path.join(ROOT, "experiments", "qwen25_vl_7b_numberline.py")
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_qwen_preset_is_found_and_built_abstractly():
+    """The Qwen2.5-VL-7B config plans from the qwen2.5-vl-7b preset (named by its file) at its
+    336 px grid, with the card tokenizer plus Qwen's specials standing in; the abstract build
+    has transformers' parameter count (8,292,166,656) + the value head."""
+    from rlvlm_jax.models.qwen2_vl import QwenVLConfig
+
+    c = _load(QWEN_7B)
+    src = plan.model_source(c, config_path=QWEN_7B)
+    assert src.description == "preset qwen2.5-vl-7b" and isinstance(src.cfg, QwenVLConfig)
+    assert (src.cfg.vision.image_height, src.cfg.vision.image_width) == (336, 336)
+    assert src.cfg.num_image_tokens == 144
+    assert src.tokenizer.convert_tokens_to_ids("<|image_pad|>") != src.tokenizer.unk_token_id
+    with c.unlocked():
+        c.ppo.lora_rank = 0
+    a = plan.abstract_job(c, (1, 2, 4), config_path=QWEN_7B)
+    value = sum(x.size for x in jax.tree.leaves(a.params["value"]))
+    assert accounting.count(a.params["vlm"]) == 8_292_166_656 and value > 0
+    assert a.prompt_tokens > src.cfg.num_image_tokens
+    with c.unlocked():
+        c.image_size = 330
+    with pytest.raises(plan.PlanError, match="config.image_size 330"):
+        plan.model_source(c, config_path=QWEN_7B)
+
+
+def test_tiny_qwen_plan_compiles():
+    """A Qwen model from the config's fields (model.family) through the whole planner on 2
+    devices: the rollout (M-RoPE rope delta in the cache) and the update compile."""
+    c = _load(os.path.join(ROOT, "experiments", "qwen_numberline_test.py"))
+    for field, value in OVERRIDES.items():
+        section, *rest = field.split(".")
+        if rest:
+            c[section][rest[0]] = value
+        else:
+            c[section] = value
+    report = plan.plan(c, (1, 2, 1), "v5e-2", preset="none", flops=False, log=lambda s: None)
+    assert report["model"]["source"] == "config.model fields"
+    assert report["fits"] and report["per_device_bytes"]["peak"] > 0

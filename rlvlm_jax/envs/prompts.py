@@ -28,6 +28,38 @@ LLAVA_V1_SYSTEM = (
 )
 IMAGE_TOKEN = "<image>"  # the original prompt's image placeholder (the tokenizers' too)
 
+# Qwen2-VL / Qwen2.5-VL's chat template (their tokenizer_config.json): an image is
+# <|vision_start|> + one <|image_pad|> per merged patch + <|vision_end|>; turns end with
+# <|im_end|> (the EOS). The default system turn is the template's.
+QWEN_IMAGE_TOKEN = "<|image_pad|>"
+QWEN_VIDEO_TOKEN = "<|video_pad|>"
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                 "<|vision_end|>", QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN)
+QWEN_SYSTEM = "You are a helpful assistant."
+CHATS = ("llava", "qwen")  # conversation styles: the model family's (rl/policy.py: chat_of)
+
+
+def image_token(chat: str = "llava") -> str:
+    """The placeholder token a conversation style expands into the image's tokens."""
+    return QWEN_IMAGE_TOKEN if chat == "qwen" else IMAGE_TOKEN
+
+
+def conversation(user_text: str, chat: str = "llava", system: bool = True) -> str:
+    """One user turn (the picture first, then `user_text`) opening the assistant's answer.
+
+    "llava": LLaVA's `llava_v1` (`llava_conversation`), or without `system` the bare
+    "USER: <image>\n... ASSISTANT:". "qwen": Qwen's chat template (with or without its default
+    system turn)."""
+    if chat == "llava":
+        if system:
+            return llava_conversation(user_text)
+        return f"USER: {IMAGE_TOKEN}\n{user_text} ASSISTANT:"
+    if chat == "qwen":
+        head = f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n" if system else ""
+        return (f"{head}<|im_start|>user\n<|vision_start|>{QWEN_IMAGE_TOKEN}<|vision_end|>"
+                f"{user_text}<|im_end|>\n<|im_start|>assistant\n")
+    raise ValueError(f"unknown conversation style {chat!r}; known: {CHATS}")
+
 # ----------------------------------------------------------------------------- prompt pieces (data)
 _JSON_INTRO = "Your response should be a valid json file in the following format: "
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 from rlvlm_jax.models.clip import ACTIVATIONS, VisionConfig, VisionTower
 from rlvlm_jax.models.common import param
-from rlvlm_jax.models.llama import Decoder, TextConfig
+from rlvlm_jax.models.llama import Decoder, TextConfig, init_cache
 
 PROJECTORS = ("mlp2x_gelu", "linear")
 SELECT_STRATEGIES = ("default", "full")  # default: drop CLIP's class token; full: keep it
@@ -150,6 +150,19 @@ class ImageTextModel(nnx.Module):
         """Positions of a left-padded prompt for the decoder, and the rope delta (B,) that
         decoding adds to later positions (None: no delta)."""
         raise NotImplementedError
+
+    def score_positions(self, input_ids: jax.Array, attention_mask: jax.Array,
+                        completion_mask: jax.Array, with_images: bool = True) -> jax.Array:
+        """Decoder positions of a left-padded prompt (B, P) followed by its right-padded
+        completion (B, T), as the sampler gave them (`scoring.token_logprobs`): here the count of
+        real tokens before each slot; M-RoPE models override it."""
+        mask = jnp.concatenate([attention_mask, completion_mask.astype(attention_mask.dtype)],
+                               axis=1)
+        return positions_from_mask(mask)
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> dict:
+        """A zeroed decoding cache with room for `length` slots (`sampling.new_cache`)."""
+        return init_cache(self.cfg.text, batch, length, dtype or self.dtype)
 
     def embed(self, input_ids: jax.Array, images: jax.Array | None) -> jax.Array:
         embeds = self.text.embed_tokens(input_ids)

@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
+from rlvlm_jax import sharding as _sharding
 from rlvlm_jax.models.common import param
-from rlvlm_jax.models.llama import init_cache as _init_kv_cache
 from rlvlm_jax.models.llava import ImageTextModel, positions_from_mask
 from rlvlm_jax.models.llava import make_forward as make_forward  # the same for every model
 from rlvlm_jax.models.qwen_preprocess import patchify
@@ -37,17 +36,9 @@ from rlvlm_jax.models.qwen_vision import QwenVisionConfig, QwenVisionTower, laye
 MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
                "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
-# Partition rules for the params that `rlvlm_jax.sharding.PARAM_RULES` does not cover yet (or
-# covers only by its replicated catch-all); to be placed before that table's rules. Every other
-# Qwen param (vision q/k/v/o and fc1/fc2, the merger as projector/linear_*, the decoder) already
-# matches the CLIP/LLaVA/LLaMA rules with the same shapes.
-QWEN_PARAM_RULES: tuple[tuple[str, P], ...] = (
-    (r"^vision/patch_proj$", P(None, "fsdp")),  # (C*T*P*P, Dv)
-    (r"^vision/layers/\d+/(gate|up)_proj$", P("fsdp", "tensor")),  # (Dv, F) Qwen2.5 SwiGLU
-    (r"^vision/layers/\d+/(gate|up)_bias$", P("tensor")),  # (F,)
-    (r"^vision/layers/\d+/down_proj$", P("tensor", "fsdp")),  # (F, Dv)
-    (r"^text/layers/\d+/[qkv]_bias$", P("tensor", None)),  # (H or K, hd), like the projections
-)
+# The Qwen-only partition rules live in the project's one table (`sharding.PARAM_RULES`, first);
+# every other Qwen param matches the CLIP/LLaVA/LLaMA rules there with the same shapes.
+QWEN_PARAM_RULES = _sharding.QWEN_PARAM_RULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +197,8 @@ class QwenVLModel(ImageTextModel):
     # -- KV-cache sampling ----------------------------------------------------------------------
     def init_cache(self, batch: int, length: int, dtype=None) -> dict:
         """A zeroed cache with room for `length` slots, including the rope delta entry."""
-        cache = _init_kv_cache(self.cfg.text, batch, length, dtype or self.dtype)
-        return {**cache, "rope_delta": jnp.zeros((batch,), jnp.int32)}
+        return {**super().init_cache(batch, length, dtype),
+                "rope_delta": jnp.zeros((batch,), jnp.int32)}
 
 
 def abstract_model(cfg: QwenVLConfig, **kwargs):

@@ -21,11 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
-from rlvlm_jax.models.llama import init_cache
 from rlvlm_jax.models.llava import LlavaConfig, check_image_tokens
-from rlvlm_jax.sharding import CACHE_SPEC
+from rlvlm_jax.models.qwen2_vl import QwenVLConfig, check_inputs, num_images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,10 +210,17 @@ def decode(model, state: DecodeState, cache, *, cfg: SamplingConfig
 
 
 def new_cache(model, batch: int, prompt_len: int, cfg: SamplingConfig) -> dict:
-    """An empty KV cache for `batch` prompts of `prompt_len` tokens plus cfg.max_new_tokens, in
-    cfg.cache_dtype (None: the model's compute dtype)."""
-    return init_cache(model.cfg.text, batch, prompt_len + cfg.max_new_tokens,
-                      cfg.cache_dtype or model.dtype)
+    """An empty cache (`model.init_cache`: the KV cache, plus the rope delta of an M-RoPE
+    model, so the pytree is the same before and after the prefill) for `batch` prompts of
+    `prompt_len` tokens plus cfg.max_new_tokens, in cfg.cache_dtype (None: the model's compute
+    dtype)."""
+    return model.init_cache(batch, prompt_len + cfg.max_new_tokens,
+                            cfg.cache_dtype or model.dtype)
+
+
+def has_rope_delta(cfg) -> bool:
+    """Whether the model keeps a rope delta in its cache (M-RoPE decoders: Qwen2-VL)."""
+    return getattr(cfg.text, "mrope_section", None) is not None
 
 
 def generate(model, input_ids, attention_mask, images, rng, knobs: Knobs, *,
@@ -235,11 +240,12 @@ def generate(model, input_ids, attention_mask, images, rng, knobs: Knobs, *,
     return (out, cache, hidden) if with_hidden else (out, cache)
 
 
-def jit_shardings(shardings) -> dict:
+def jit_shardings(shardings, rope_delta: bool = False) -> dict:
     """in/out shardings (a `sharding.Shardings`' mesh and param rules) for the compiled
-    prefill(params, ids, mask, images, cache, rng, knobs) and decode(params, state, cache)."""
+    prefill(params, ids, mask, images, cache, rng, knobs) and decode(params, state, cache);
+    `rope_delta`: the cache holds one (`has_rope_delta`)."""
     rep, bat = shardings.replicated, shardings.batch
-    cache = NamedSharding(shardings.mesh, CACHE_SPEC)
+    cache = shardings.cache_prefix(rope_delta)
     knobs = Knobs(rep, rep, rep, rep)
     state = DecodeState(tokens=bat, logprobs=bat, done=bat, lengths=bat, step=rep,
                         kv_mask=bat, prompt_len=bat, rng=rep, knobs=knobs)
@@ -267,7 +273,7 @@ class Sampler:
         self.sampling = sampling
         self.trace_counts = collections.Counter()  # traces per compiled function (tests)
         self.shardings = shardings
-        jit_kw = {} if shardings is None else jit_shardings(shardings)
+        jit_kw = {} if shardings is None else jit_shardings(shardings, has_rope_delta(cfg))
         self._prefill = jax.jit(self._prefill_impl, donate_argnames=("cache",),
                                 compiler_options=compiler_options, **jit_kw.get("prefill", {}))
         self._decode = jax.jit(self._decode_impl, donate_argnames=("cache",),
@@ -305,7 +311,12 @@ class Sampler:
             raise ValueError(f"prompt length {p} + max_new_tokens "
                              f"{self.sampling.max_new_tokens} = {total} exceeds the model's "
                              f"context of {limit} positions")
-        if images is not None:
+        if isinstance(self.cfg, QwenVLConfig):
+            if isinstance(input_ids, np.ndarray):  # host data: check for free, no device sync
+                check_inputs(input_ids, images, self.cfg)
+            elif images is not None:
+                num_images(images, self.cfg)  # the fixed grid: a shape check
+        elif images is not None:
             n_img = 1 if np.ndim(images) == 4 else np.shape(images)[1]
             if isinstance(input_ids, np.ndarray):  # host data: check for free, no device sync
                 check_image_tokens(input_ids, n_img, self.cfg)

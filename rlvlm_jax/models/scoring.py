@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlvlm_jax.models.llava import positions_from_mask
-
 
 class Scores(NamedTuple):
     logprobs: jax.Array  # (B, T) float32, 0 where completion_mask is 0
@@ -42,7 +40,11 @@ def token_logprobs(model, input_ids, attention_mask, images, completion, complet
     # image token id is text, as it was for the sampler.
     embeds = jnp.concatenate([model.embed(input_ids, images),
                               model.text.embed_tokens(completion.astype(jnp.int32))], axis=1)
-    hidden, _ = model.text.forward(embeds, positions_from_mask(mask), mask)
+    # The positions the sampler gave these tokens (M-RoPE's 3-D ones for Qwen2-VL: 1-D positions
+    # would score other log-probs than were sampled).
+    positions = model.score_positions(input_ids, attention_mask, completion_mask,
+                                      images is not None)
+    hidden, _ = model.text.forward(embeds, positions, mask)
     # The logits at slot P - 1 + j predict completion token j: only those are projected.
     logits = model.text.logits(hidden[:, p - 1:-1]).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits / jnp.asarray(temperature, jnp.float32), axis=-1)

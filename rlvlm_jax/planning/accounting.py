@@ -15,7 +15,6 @@ from jax.sharding import PartitionSpec as P
 
 from rlvlm_jax.build import with_shardings
 from rlvlm_jax.models import sampling, scoring
-from rlvlm_jax.models.llama import init_cache
 from rlvlm_jax.sharding import BATCH, Shardings
 
 
@@ -123,7 +122,7 @@ def count_flops(a, steps: dict, log=print) -> dict:
 
 def _decode_step(a):
     """The sampler's decode loop for the rollout's batch (its body is counted once)."""
-    b, plen, t = a.config.ppo.num_envs, a.prompt_tokens, a.config.max_new_tokens
+    b, plen = a.config.ppo.num_envs, a.prompt_tokens
     cfg = a.policy.cfg
     policy, actor = a.policy, a.run.actor
     vlm = a.params["vlm"]  # LoRA, when on, is merged into weights of these same shapes
@@ -131,7 +130,7 @@ def _decode_step(a):
 
     def prefill(vlm_params, ids, mask, frames, key):
         model = nnx.merge(policy.vlm_graph, vlm_params)
-        cache = init_cache(cfg.text, b, plen + t, model.dtype)
+        cache = sampling.new_cache(model, b, plen, actor.sampling)
         knobs = sampling.make_knobs(1.0, eos_ids=actor.sampling.eos_ids)
         return sampling.prefill(model, ids, mask, policy.preprocess(frames), cache, key, knobs,
                                 cfg=actor.sampling)
@@ -139,9 +138,10 @@ def _decode_step(a):
     ids = jax.ShapeDtypeStruct((b, plen), jnp.int32)
     frames = jax.ShapeDtypeStruct((b, a.config.image_size, a.config.image_size, 3), jnp.uint8)
     state, cache = jax.eval_shape(prefill, vlm, ids, ids, frames, a.key)
-    kw = sampling.jit_shardings(sh)["decode"]
-    state_sh, cache_sh = kw["in_shardings"][1], kw["in_shardings"][2]
-    cache_sh = jax.tree.map(lambda _: cache_sh, cache)
+    kw = sampling.jit_shardings(sh, sampling.has_rope_delta(cfg))["decode"]
+    state_sh = kw["in_shardings"][1]
+    cache_sh = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub),
+                            kw["in_shardings"][2], cache)
 
     def decode(vlm_params, state, cache):
         model = nnx.merge(policy.vlm_graph, vlm_params)

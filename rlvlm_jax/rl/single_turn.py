@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlvlm_jax.envs.prompts import IMAGE_TOKEN, llava_conversation
+from rlvlm_jax.envs.prompts import conversation, image_token
 from rlvlm_jax.models import sampling, scoring
 from rlvlm_jax.rl import advantages as adv_lib
 from rlvlm_jax.rl import losses
@@ -69,21 +69,20 @@ class Trajectory(NamedTuple):
     advantages: jax.Array  # float32 [B, L]
 
 
-def prompt_texts(questions, template: str) -> list[str]:
-    """User turns with the picture first: "llava_v1" (LLaVA's system text, as RL4VLM) or "short"
-    (no system text, for tiny CPU models)."""
-    if template == "llava_v1":
-        return [llava_conversation(q) for q in questions]
-    if template == "short":
-        return [f"USER: {IMAGE_TOKEN}\n{q} ASSISTANT:" for q in questions]
-    raise ValueError(f"unknown prompt template {template!r}; known: llava_v1, short")
+def prompt_texts(questions, template: str, chat: str = "llava") -> list[str]:
+    """User turns with the picture first: "llava_v1" (the system text: LLaVA's, as RL4VLM, or
+    Qwen's template's) or "short" (no system text, for tiny CPU models), in the model's
+    conversation style `chat` (`envs.prompts.conversation`)."""
+    if template not in ("llava_v1", "short"):
+        raise ValueError(f"unknown prompt template {template!r}; known: llava_v1, short")
+    return [conversation(q, chat, system=template == "llava_v1") for q in questions]
 
 
 def encode_problems(problems, tokenizer, template: str, num_image_tokens: int,
-                    length: int) -> Prompts:
+                    length: int, chat: str = "llava") -> Prompts:
     """Host arrays of every problem's prompt (encoded once; batches index into them)."""
-    ids, mask = encode_prompts(tokenizer, prompt_texts(problems.questions, template),
-                               num_image_tokens, length)
+    ids, mask = encode_prompts(tokenizer, prompt_texts(problems.questions, template, chat),
+                               num_image_tokens, length, image_token(chat))
     return Prompts(np.asarray(problems.images), ids, mask)
 
 

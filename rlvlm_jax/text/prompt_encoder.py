@@ -17,28 +17,30 @@ import numpy as np
 
 from rlvlm_jax.envs import formula as F
 from rlvlm_jax.envs import prompts
-from rlvlm_jax.envs.prompts import IMAGE_TOKEN
 from rlvlm_jax.envs.tasks import get_task
 
 TEMPLATES = ("llava_v1", "short")
 _SENTINEL = "\x00"
 
 
-def prompt_text(task: str, formula_tokens, cot: bool, template: str) -> str:
-    """The text of one step's prompt (`<image>` not yet expanded).
+def prompt_text(task: str, formula_tokens, cot: bool, template: str, chat: str = "llava") -> str:
+    """The text of one step's prompt (the image placeholder not yet expanded).
 
-    "llava_v1": the original prompt, byte for byte (LLaVA system + task prompt). "short": the task
-    name (and the formula for the formula tasks) only, for tiny CPU models, whose prompts would
-    otherwise be ~150 constant tokens that cost most of the compute.
+    "llava_v1": the original prompt, byte for byte (LLaVA system + task prompt); with
+    `chat="qwen"` the original task prompt in Qwen's chat template (system turn included).
+    "short": the task name (and the formula for the formula tasks) only, for tiny CPU models,
+    whose prompts would otherwise be ~150 constant tokens that cost most of the compute.
     """
     if template == "llava_v1":
-        return prompts.full_prompt(task, formula_tokens, cot)
+        if chat == "llava":
+            return prompts.full_prompt(task, formula_tokens, cot)
+        return prompts.conversation(prompts.task_prompt(task, formula_tokens, cot), chat)
     if template == "short":
         spec = get_task(task)
         body = spec.name + (" json with thoughts" if cot else " json")
         if spec.has_formula:
             body += " formula: " + prompts.formula_text(formula_tokens)
-        return f"USER: {IMAGE_TOKEN}\n{body} ASSISTANT:"
+        return prompts.conversation(body, chat, system=False)
     raise ValueError(f"unknown prompt template {template!r}; known: {TEMPLATES}")
 
 
@@ -46,17 +48,20 @@ class PromptEncoder:
     """Prompt token ids for a task, built on the host (`host`) or the device (`device`), equal.
 
     `length` is the padded prompt length P (0: the longest possible prompt). Ids are left-padded.
+    `chat`: the model's conversation style (`envs.prompts.CHATS`), which also names the image
+    placeholder that is expanded to `num_image_tokens` ids.
     """
 
     def __init__(self, tokenizer, task: str, cot: bool, template: str, num_image_tokens: int,
-                 length: int = 0, max_formula: int = 0):
+                 length: int = 0, max_formula: int = 0, chat: str = "llava"):
         spec = get_task(task)
-        self.task, self.cot, self.template = task, cot, template
+        self.task, self.cot, self.template, self.chat = task, cot, template, chat
         self.has_formula = spec.has_formula
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.num_image_tokens = num_image_tokens
-        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        text = prompt_text(task, [_SENTINEL] if spec.has_formula else None, cot, template)
+        self.image_token = prompts.image_token(chat)
+        image_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        text = prompt_text(task, [_SENTINEL] if spec.has_formula else None, cot, template, chat)
         pieces = text.split(_SENTINEL)
         self.segments = []
         for i, piece in enumerate(pieces):

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from rlvlm_jax.envs import prompts
 from rlvlm_jax.envs.prompts import IMAGE_TOKEN
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN)  # ids 0..4 in the card tokenizer
@@ -67,13 +68,18 @@ def card_task_corpus(num_states: int = 300, seed: int = 0) -> list[str]:
 
 
 def build_card_tokenizer(out_dir: str, vocab_size: int = 2048,
-                         corpus: Iterable[str] | None = None):
+                         corpus: Iterable[str] | None = None, chat: str = "llava"):
     """Train a byte-level BPE on the card-task corpus and save it as a transformers tokenizer.
 
     Ids: <pad> 0, <s> 1, </s> 2, <unk> 3, <image> 4, then the 256 byte symbols and merges, at
     most `vocab_size` in all (the templated corpus saturates near 1.3k; a model's vocabulary may
     be larger, as LLaVA's is). Byte-level, so any text encodes and every token maps to exact
     bytes. `<s>` is prepended like LLaMA's tokenizer does.
+
+    `chat="qwen"` (tiny Qwen2-VL models) appends Qwen's special tokens (`prompts.QWEN_SPECIALS`,
+    after the merges, so every other id is the LLaVA card tokenizer's) and makes <|endoftext|>
+    the pad and <|im_end|> the EOS, as in Qwen's own tokenizer; the rest (and `<s>`, harmless
+    text to a model trained from scratch) is unchanged.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -91,14 +97,26 @@ def build_card_tokenizer(out_dir: str, vocab_size: int = 2048,
                                    eos_token="</s>", unk_token="<unk>",
                                    extra_special_tokens={"image_token": IMAGE_TOKEN},
                                    padding_side="left")
+    if chat == "qwen":
+        fast.add_special_tokens({"additional_special_tokens": list(prompts.QWEN_SPECIALS)})
+        fast.pad_token, fast.eos_token = "<|endoftext|>", "<|im_end|>"
+    elif chat != "llava":
+        raise ValueError(f"unknown conversation style {chat!r}; known: {prompts.CHATS}")
     fast.save_pretrained(out_dir)
     return fast
 
 
-def model_token_ids(tokenizer) -> dict[str, int]:
-    """LlavaConfig fields a tokenizer fixes: `dataclasses.replace(cfg, **model_token_ids(t))`."""
-    return {"image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+def model_token_ids(tokenizer, chat: str = "llava") -> dict[str, int]:
+    """Model config fields a tokenizer fixes: `dataclasses.replace(cfg, **model_token_ids(t))`
+    (LlavaConfig; with `chat="qwen"` QwenVLConfig's, video and vision start/end included)."""
+    ids = {"image_token_id": tokenizer.convert_tokens_to_ids(prompts.image_token(chat)),
+           "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if chat == "qwen":
+        get = tokenizer.convert_tokens_to_ids
+        ids.update(video_token_id=get(prompts.QWEN_VIDEO_TOKEN),
+                   vision_start_token_id=get("<|vision_start|>"),
+                   vision_end_token_id=get("<|vision_end|>"))
+    return ids
 
 
 def prompt_ids(tokenizer, text: str, num_image_tokens: int,
@@ -128,9 +146,10 @@ def encode_prompts(tokenizer, texts: Sequence[str], num_image_tokens: int, lengt
     return ids, mask
 
 
-def get_tokenizer(section, workdir: str | None, checkpoint: str = ""):
+def get_tokenizer(section, workdir: str | None, checkpoint: str = "", chat: str = "llava"):
     """The configured tokenizer directory, else the pretrained checkpoint's, else the card
-    tokenizer, built once and kept in `<workdir>/tokenizer`.
+    tokenizer (with `chat="qwen"` Qwen's special tokens added), built once and kept in
+    `<workdir>/tokenizer`.
 
     Multi-host: every process builds the card tokenizer into a local temporary directory (the
     build is deterministic) and only process 0 copies it into the workdir, atomically for a
@@ -147,7 +166,7 @@ def get_tokenizer(section, workdir: str | None, checkpoint: str = ""):
         return load_tokenizer(str(saved))
     with tempfile.TemporaryDirectory(prefix="card_tokenizer_") as tmpdir:
         local = epath.Path(tmpdir)
-        build_card_tokenizer(str(local), section.vocab_size)
+        build_card_tokenizer(str(local), section.vocab_size, chat=chat)
         if (saved / "tokenizer.json").exists():
             if (saved / "tokenizer.json").read_text() != (local / "tokenizer.json").read_text():
                 raise ValueError(f"{saved} differs from the card tokenizer this version builds; "

@@ -452,26 +452,28 @@ def _spec(path: str, rules):
 
 
 def test_partition_rules_cover_every_parameter(qwen2, qwen25):
-    """With QWEN_PARAM_RULES in front of the project's table every param has a rule of at most
-    its rank; without them exactly the params those rules name are missing or replicated."""
-    rules = QWEN_PARAM_RULES + sharding.PARAM_RULES
+    """QWEN_PARAM_RULES open the project's one table; with it every param has a rule of at most
+    its rank, and the params those rules do not name get what the rest of the table says."""
+    rules = sharding.PARAM_RULES
+    assert rules[:len(QWEN_PARAM_RULES)] == QWEN_PARAM_RULES
+    rest = rules[len(QWEN_PARAM_RULES):]
     for s in (qwen2, qwen25):
         for path, leaf in jax.tree_util.tree_leaves_with_path(s.params):
             name = sharding._path_str(path)
             spec = _spec(name, rules)
             assert spec is not None and len(spec) <= leaf.ndim, name
+            assert sharding.spec_for(name) == spec, name
             if _spec(name, QWEN_PARAM_RULES) is None:
-                assert _spec(name, sharding.PARAM_RULES) == spec, name
+                assert _spec(name, rest) == spec, name
     for name in PRESET_SIZES:
         for row in qwen_conversion.param_table(presets.get_qwen(name)):
             assert _spec(row.ours, rules) is not None, row.ours
 
 
 @pytest.mark.slow
-def test_sharded_forward_matches_single_device(qwen25, monkeypatch):
-    """On a (2, 2, 2) mesh of simulated devices, with the Qwen rules added to the table."""
+def test_sharded_forward_matches_single_device(qwen25):
+    """On a (2, 2, 2) mesh of simulated devices, params placed by the one rule table."""
     s = qwen25
-    monkeypatch.setattr(sharding, "PARAM_RULES", QWEN_PARAM_RULES + sharding.PARAM_RULES)
     mesh = sharding.make_mesh((2, 2, 2))
     sh = sharding.Shardings(mesh, s.params)
     ids, mask, images = make_inputs(s.spec, s.cfg.num_image_tokens, batch=4,
