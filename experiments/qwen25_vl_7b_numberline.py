@@ -9,7 +9,8 @@ chat template are used. Pictures are drawn at 336 px, which the tower runs as on
 patch grid (a multiple of 28 px: 144 image tokens after the 2 x 2 merge; transformers' dynamic
 resolution would give the same grid for 336 px pictures). `python -m rlvlm_jax.plan` plans it
 from the qwen2.5-vl-7b preset (the file name names it); --config.ppo.lora_rank=0 fine-tunes
-fully.
+fully. Its 4 KV heads allow tensor parallelism up to 4 (e.g. --mesh 1,8,4 on v5e-32; the README
+has the planner's figures: as configured it does not fit there or on one H100).
 """
 
 import ml_collections
