@@ -313,6 +313,7 @@ def test_qwen_preset_is_found_and_built_abstractly():
         plan.model_source(c, config_path=QWEN_7B)
 
 
+@pytest.mark.slow  # compiles the planner's programs (~7 s); the preset tests stay in the default
 def test_tiny_qwen_plan_compiles():
     """A Qwen model from the config's fields (model.family) through the whole planner on 2
     devices: the rollout (M-RoPE rope delta in the cache) and the update compile."""

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # the whole tour command (~10 s)
 def test_tour_runs_and_writes_pictures_and_texts(tmp_path):
     cmd = [
         sys.executable,

@@ -168,6 +168,7 @@ def test_sharded_grad_step_equals_one_device():
                                                          rtol=1e-4, atol=1e-5), new, ref)
 
 
+@pytest.mark.slow  # the sharded gradient step stays in the default suite
 def test_sharded_sampler_equals_one_device():
     """The Sampler on a (2, 2, 2) mesh (its cache's (B,) rope delta split over the batch axes,
     the K/V caches as CACHE_SPEC) gives the one-device tokens and log-probs."""

@@ -24,8 +24,8 @@ def qwen_config(family="qwen2_vl"):
     return c
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", pytest.param("qwen2_5_vl",
-                                                             marks=pytest.mark.slow)])
+@pytest.mark.slow  # end-to-end training runs (~22 s each here); the default suite keeps the parts
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_ppo_loop_trains_a_qwen_policy(family, tmp_path):
     c = qwen_config(family)
     run = build(c, str(tmp_path))
@@ -60,6 +60,7 @@ def test_unsupported_qwen_settings_fail_before_building(field, value, message):
         validate_config(c)
 
 
+@pytest.mark.slow  # an end-to-end single-turn run (~11 s here)
 def test_single_turn_loop_trains_a_qwen_policy(tmp_path):
     """GRPO (+ 2 SFT steps and pass@k evaluation) on the card suite with the tiny Qwen2-VL:
     the sampler's log-probs equal the scorer's in the loop (`sampler_logp_gap`)."""
