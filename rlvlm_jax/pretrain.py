@@ -235,10 +235,14 @@ def make_task_data(env, num: int, key, explore) -> tuple[dict, list[str]]:
     shares = [float(explore)] if np.ndim(explore) == 0 else [float(e) for e in explore]
     parts = [num // len(shares) + (i < num % len(shares)) for i in range(len(shares))]
     variants, texts = [], []
+    # The picture's regions only (a formula env also names its formula line, for the original
+    # picture style's text run).
+    names = tuple(r.name for r in env.picture.regions)
+    picture_variants = jax.jit(jax.vmap(lambda s: {k: env.region_variants(s)[k] for k in names}))
     for i, (share, n) in enumerate(zip(shares, parts, strict=True)):
         states = sft_data.visited_states(env, n, jax.random.fold_in(key, i), share)
         texts += [caption_text(env.task, f) for f in task_fields(env, states)]
-        variants.append(jax.jit(jax.vmap(env.region_variants))(states))
+        variants.append(picture_variants(states))
     return {k: jnp.concatenate([jnp.asarray(v[k], jnp.int32) for v in variants])
             for k in variants[0]}, texts
 
@@ -591,7 +595,12 @@ def reader_config(task_config) -> ml_collections.ConfigDict:
             if isinstance(value, ml_collections.ConfigDict) else value
     c.image_size = task_config.image_size
     c.tokenizer = ml_collections.ConfigDict(task_config.tokenizer.to_dict())
-    c.model = ml_collections.ConfigDict(task_config.model.to_dict())
+    model = task_config.model.to_dict()
+    # A reader is always a LLaVA (Qwen runs refuse the recipe); the default family is left out
+    # of the recipe so readers cached before the field existed keep their name.
+    if model.get("family", "llava") == "llava":
+        model.pop("family", None)
+    c.model = ml_collections.ConfigDict(model)
     c.model.checkpoint = ""
     c.model.init_seed = recipe.seed
     c.fast_compile = task_config.fast_compile

@@ -312,3 +312,22 @@ def test_recipe_and_checkpoint_mismatches_are_refused(tmp_path):
     task.image_size = 112
     with pytest.raises(ValueError, match="the checkpoint's vision tower takes 56 px"):
         validate_config(task)
+
+
+def test_task_data_holds_the_picture_regions_only():
+    """A formula env's region_variants also names its formula line (for the original picture
+    style's text run); the pretraining data keeps the picture's regions, one int per state."""
+    env, _ = envs.make("EZPoints", image_size=76)
+    variants, texts = pretrain.make_task_data(env, 16, jax.random.key(0), (0.3, 1.0))
+    assert set(variants) == {r.name for r in env.picture.regions} and len(texts) == 16
+    assert all(v.shape == (16,) for v in variants.values())
+
+
+def test_the_default_model_family_does_not_rename_cached_readers():
+    """`model.family = "llava"` (added after readers were cached) is left out of the recipe, so
+    a task config with or without it names the same reader."""
+    c = load(os.path.join(ROOT, "experiments", "numberline_tiny.py"))
+    with_family = pretrain.reader_path(c)
+    assert "family" not in pretrain.reader_config(c).model
+    del c.model["family"]
+    assert pretrain.reader_path(c) == with_family
