@@ -113,6 +113,7 @@ def test_gradients_and_updates_reach_only_adapters_and_value_head(tiny):
     assert bool(jnp.any(new["lora"]["text.layers.0.q_proj"]["lora_b"] != 0))
 
 
+@pytest.mark.slow  # ~7 s; test_sharding's bf16 test stays in the default suite
 def test_mixed_precision_casts_matrices_once_with_the_same_logits():
     """bf16 compute: Policy.model hands the model bf16 matrices (cast while still sharded, so
     gathers move bf16), and the logits equal the model's own per-use casts, with and without

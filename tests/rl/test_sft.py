@@ -87,6 +87,7 @@ def test_formula_codes_round_trip():
     assert sft.formula_codes(prompts.full_prompt("Points24", [], True)) == []
 
 
+@pytest.mark.slow  # 40 optimiser steps (~11 s); SFT's loss and masks stay in the default suite
 def test_sft_loss_decreases_on_a_fixed_batch(tok):
     c = load_config()
     cfg = policy_lib.llava_config(c.model, c.image_size, tok)
