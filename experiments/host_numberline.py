@@ -20,7 +20,6 @@ from rlvlm_jax.config_files import load_sibling
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = load_sibling(__file__, "numberline_tiny.py").get_config(arg)
-    c.env = ml_collections.ConfigDict()
     c.env.kind = "host"  # "gymnax": the jitted card task; "host": a gymnasium env on the host
     c.env.host = "rlvlm_jax.envs.host:gym_cards"  # the task spec (a function of this config)
     return c

@@ -29,6 +29,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.template = "short"  # prompt template: "llava_v1" (original bytes) or "short" (task name)
     c.max_new_tokens = 72  # sampling limit per response (NumberLine CoT answers are ~63 tokens)
 
+    c.env = ml_collections.ConfigDict()
+    c.env.kind = "gymnax"  # "gymnax": the jitted card task; "host": a gymnasium env on the host
+    c.env.host = ""  # with kind "host": the task spec, "package.module:name" (envs/host.py)
+    c.env.style = "default"  # pictures: "default" (ours) or "original" (gym_cards' own, 300 px)
+    c.env.card_images = ""  # with style "original": the original gym_cards checkout or package
+    c.env.blanks = "skip"  # "=" skips blank tokens (the original) or "invalid" (stricter)
+
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""  # a tokenizer directory; "" builds the card tokenizer in the workdir
     c.tokenizer.vocab_size = 2048  # BPE merge budget when building (the corpus stops near 1.25k)
