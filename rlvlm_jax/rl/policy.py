@@ -119,6 +119,15 @@ def architecture(m, image_size: int, vocab_size: int):
     """The model config the config's model section `m` describes (special token ids left at
     their defaults); not validated. `m.family` picks LLaVA or a Qwen variant."""
     fam = family(m)
+    text = dict(  # the decoder fields both families read from the same config fields
+        vocab_size=vocab_size,
+        hidden_size=m.text_hidden,
+        intermediate_size=m.text_mlp,
+        num_layers=m.text_layers,
+        num_heads=m.text_heads,
+        num_kv_heads=m.text_kv_heads,
+        max_position_embeddings=m.max_positions,
+    )
     if fam == "llava":
         return LlavaConfig(
             vision=VisionConfig(
@@ -129,15 +138,7 @@ def architecture(m, image_size: int, vocab_size: int):
                 image_size=image_size,
                 patch_size=m.patch_size,
             ),
-            text=TextConfig(
-                vocab_size=vocab_size,
-                hidden_size=m.text_hidden,
-                intermediate_size=m.text_mlp,
-                num_layers=m.text_layers,
-                num_heads=m.text_heads,
-                num_kv_heads=m.text_kv_heads,
-                max_position_embeddings=m.max_positions,
-            ),
+            text=TextConfig(**text),
             vision_feature_layer=m.vision_feature_layer,
         )
     if fam not in FAMILIES:
@@ -158,16 +159,7 @@ def architecture(m, image_size: int, vocab_size: int):
             image_height=image_size,
             image_width=image_size,
         ),
-        text=QwenTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=m.text_hidden,
-            intermediate_size=m.text_mlp,
-            num_layers=m.text_layers,
-            num_heads=m.text_heads,
-            num_kv_heads=m.text_kv_heads,
-            max_position_embeddings=m.max_positions,
-            mrope_section=extra["mrope_section"],
-        ),
+        text=QwenTextConfig(**text, mrope_section=extra["mrope_section"]),
     )
 
 
