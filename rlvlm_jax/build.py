@@ -44,6 +44,7 @@ from jax.sharding import PartitionSpec as P
 
 import rlvlm_jax.envs as envs
 from rlvlm_jax import pretrain as pretrain_lib
+from rlvlm_jax.config_files import field as _field
 from rlvlm_jax.data import card_suite
 from rlvlm_jax.envs import host as host_lib
 from rlvlm_jax.envs import original_style
@@ -117,15 +118,6 @@ RANGES = {
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
-def _field(config, name: str, default=None):
-    node = config
-    for part in name.split("."):
-        if part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def validate_config(config, *, abstract: bool = False, model=None) -> None:
     """Clear one-line errors (ValueError) for values that cannot work, before anything is built,
     compiled or written; `build` calls it first. Where each input is checked: BUILD.md, "Bad
@@ -147,18 +139,18 @@ def validate_config(config, *, abstract: bool = False, model=None) -> None:
     _check_rest(c, p, abstract, model)
     if is_host(c):
         _validate_host(c, abstract)
-    elif _field(c, "env.style", "default") == "original":
-        original_style.find_card_images(_field(c, "env.card_images", ""), c.task)
+    elif _field(c, "env.style") == "original":
+        original_style.find_card_images(_field(c, "env.card_images"), c.task)
 
 
 def env_options(config) -> dict:
     """`envs.make`'s picture and rule options from `config.env` (all optional): style
     "original" draws gym_cards' own 300 px pictures, which the policy's preprocessing resizes
     to config.image_size; otherwise the env draws at image_size."""
-    style = _field(config, "env.style", "default")
-    out = {"blanks": _field(config, "env.blanks", "skip")}
+    style = _field(config, "env.style")
+    out = {"blanks": _field(config, "env.blanks")}
     if style == "original":
-        out.update(style=style, card_images=_field(config, "env.card_images", ""))
+        out.update(style=style, card_images=_field(config, "env.card_images"))
     else:
         out["image_size"] = config.image_size
     return out
@@ -166,7 +158,7 @@ def env_options(config) -> dict:
 
 def is_host(config) -> bool:
     """Whether the run's environment is a host (gymnasium) one, `config.env.kind == "host"`."""
-    return _field(config, "env.kind", "gymnax") == "host"
+    return _field(config, "env.kind") == "host"
 
 
 def _validate_host(c, abstract: bool) -> None:
@@ -180,12 +172,12 @@ def _validate_host(c, abstract: bool) -> None:
     if jax.process_count() > 1:
         raise ValueError("host environments (config.env.kind='host') run in one process only; "
                          "multi-host runs need env.kind='gymnax'")
-    spec = host_lib.load_spec(_field(c, "env.host", ""), c)
+    spec = host_lib.load_spec(_field(c, "env.host"), c)
     if spec.name != c.task:
         raise ValueError(f"config.task {c.task!r} is not the host task's name {spec.name!r} "
                          f"(config.env.host = {c.env.host!r}); set --config.task={spec.name}")
     host_lib.check_env(spec)
-    if c.sft.steps > 0 and not (_field(c, "sft.json", "") or "") and spec.demonstrations is None:
+    if c.sft.steps > 0 and not (_field(c, "sft.json") or "") and spec.demonstrations is None:
         raise ValueError(f"config.sft.steps = {c.sft.steps} would generate demonstrations from "
                          f"the env's oracle, and the host task {spec.name!r} has none (its spec "
                          "gives no demonstrations function): give LLaVA-format demonstrations "
@@ -226,7 +218,7 @@ def _check_rest(c, p, abstract: bool, model) -> None:
     # Pictures: the env draws them at image_size; legible text needs a least size per task
     # (a host env's pictures are resized to image_size: only the card tasks' sizes are known).
     # With env.style "original" the env always draws 300 px and image_size is the tower's input.
-    drawn_here = c.task in envs.TASKS and _field(c, "env.style", "default") == "default"
+    drawn_here = c.task in envs.TASKS and _field(c, "env.style") == "default"
     smallest = envs.TASKS[c.task].min_image_size() if drawn_here else 1
     if isinstance(c.image_size, bool) or not isinstance(c.image_size, numbers.Integral) \
             or not smallest <= c.image_size <= MAX_IMAGE_SIZE:
@@ -245,9 +237,9 @@ def _check_rest(c, p, abstract: bool, model) -> None:
                              f"ppo.micro_batches = {p.micro_batches}")
         if not (math.isfinite(p.temperature) and p.temperature > 0):
             raise ValueError("ppo.temperature must be > 0 (log-probs are taken at it)")
-    if _field(c, "ppo.policy_loss", "ppo_clip") == "ppo_clip" and not p.clip_eps > 0:
+    if _field(c, "ppo.policy_loss") == "ppo_clip" and not p.clip_eps > 0:
         raise ValueError(f"ppo.clip_eps must be > 0 with the ppo_clip loss, got {p.clip_eps}")
-    if _field(c, "ppo.value_loss", "clipped") == "clipped" and not p.value_clip_eps > 0:
+    if _field(c, "ppo.value_loss") == "clipped" and not p.value_clip_eps > 0:
         raise ValueError(f"ppo.value_clip_eps must be > 0 with the clipped value loss, got "
                          f"{p.value_clip_eps}")
     if p.lora_rank > 0:
@@ -260,7 +252,7 @@ def _check_rest(c, p, abstract: bool, model) -> None:
         raise ValueError(f"config.eval.max_steps must be >= 1, got {c.eval.max_steps}")
 
     # SFT.
-    sft_json = _field(c, "sft.json", "") or ""
+    sft_json = _field(c, "sft.json") or ""
     if c.sft.steps > 0:
         if c.sft.batch_size < 1 or c.sft.eval_samples < 1:
             raise ValueError(f"sft.batch_size and sft.eval_samples must be >= 1, got "
@@ -338,7 +330,7 @@ def _check_qwen_support(c, model) -> None:
     if is_host(c):
         raise ValueError("env.kind 'host' runs LLaVA models only (its prompts use <image>); use "
                          "the jitted card tasks (env.kind 'gymnax') with a Qwen model")
-    if c.sft.steps > 0 and (_field(c, "sft.json", "") or ""):
+    if c.sft.steps > 0 and (_field(c, "sft.json") or ""):
         raise ValueError("config.sft.json holds LLaVA conversations (<image>): it does not feed "
                          "a Qwen model; use the generated demonstrations (sft.json '')")
     if starts_from_reader(c):

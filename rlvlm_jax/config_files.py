@@ -22,6 +22,33 @@ def load_sibling(anchor_file: str, name: str) -> ModuleType:
     return module
 
 
+# Fields added to the task configs after runs were made without them, with the value a config
+# that lacks one means. The builder reads an absent field as this value, and the report fills it in
+# before comparing the seeds of a row, so runs from before and after a field appeared still group.
+LATER_FIELDS = {
+    "env.kind": "gymnax",
+    "env.host": "",
+    "env.style": "default",
+    "env.card_images": "",
+    "env.blanks": "skip",
+    "model.family": "llava",
+    "ppo.policy_loss": "ppo_clip",
+    "ppo.value_loss": "clipped",
+    "sft.json": "",
+}
+
+
+def field(config, name: str, default=None):
+    """`config`'s value at a dotted name; when absent, `default`, else its `LATER_FIELDS` value,
+    else None."""
+    node = config
+    for part in name.split("."):
+        if part not in node:
+            return LATER_FIELDS.get(name) if default is None else default
+        node = node[part]
+    return node
+
+
 def flatten(config: dict, prefix: str = "") -> dict:
     """A config as JSON (nested dicts) -> {"a.b": value}: the dotted names overrides use."""
     out = {}

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rlvlm_jax.config_files import flatten
+from rlvlm_jax.config_files import LATER_FIELDS, flatten
 from rlvlm_jax.envs.tasks import TASK_NAMES
 
 TASKS = TASK_NAMES  # table columns, in the paper's order
@@ -178,8 +178,9 @@ def _rows(run: RunRecord) -> list[tuple[str, str, tuple]]:
 def _compared(run, ignore: frozenset, skip_prefix: str | None) -> dict:
     """Config fields that must match within a group (an SFT row skips the RL section, e.g.
     `ppo.`). A checkpoint compares by its folder's name: a cached reader's name holds its
-    recipe's hash, while the cache's location differs between machines."""
-    flat = {k: v for k, v in flatten(run.config).items()
+    recipe's hash, while the cache's location differs between machines. A field that a run's
+    config lacks because it predates the field counts as its `LATER_FIELDS` value."""
+    flat = {k: v for k, v in {**LATER_FIELDS, **flatten(run.config)}.items()
             if k not in ignore and not (skip_prefix and k.startswith(skip_prefix))}
     if flat.get("model.checkpoint"):
         flat["model.checkpoint"] = os.path.basename(os.path.normpath(flat["model.checkpoint"]))

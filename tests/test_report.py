@@ -209,6 +209,19 @@ def test_sft_config_difference_refused(tmp_path, capsys):
     assert "sft.steps" in capsys.readouterr().err
 
 
+def test_fields_added_later_count_as_their_defaults(tmp_path, capsys):
+    """A seed run before `env.style` existed groups with one that states the default; a seed
+    with another value is refused."""
+    old = _run(tmp_path, "s0", _config("NumberLine", 0), 0.2, 0.5)
+    new = _run(tmp_path, "s1", _config("NumberLine", 1, env__style="default",
+                                       model__family="llava"), 0.2, 0.7)
+    other = _run(tmp_path, "s2", _config("NumberLine", 2, env__style="original"), 0.2, 0.9)
+    groups = report.aggregate([old, new])
+    assert _group(groups, "NumberLine", "RL (CoT)")["seeds"] == [0, 1]
+    assert _main(old, new, other, "--out", tmp_path / "rep") == 2
+    assert "env.style" in capsys.readouterr().err
+
+
 def test_missing_results_refused(tmp_path, capsys):
     done = _run(tmp_path, "done", _config("NumberLine", 0), 0.2, 0.5)
     running = _run(tmp_path, "running", _config("NumberLine", 1), results=False)
