@@ -80,6 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft.eval_samples = 256  # held-out demonstrations per SFT evaluation
     c.sft.json = ""  # LLaVA-format SFT JSON to train on instead of generated demonstrations
     c.sft.checkpoint_every = 0  # SFT steps between checkpoints (0: only at the end of SFT)
+    c.sft.sort_values = False  # Points24: thoughts list the values in order (a solution's key)
+    c.sft.text_corpus = ""  # text-only records mixed into SFT: "" or "solutions" (Points24)
+    c.sft.text_batch_size = 0  # text-only records per SFT step (0 with text_corpus "")
 
     c.ppo = ml_collections.ConfigDict()
     c.ppo.iterations = 100  # rollout + update cycles (~1.7 s each here)

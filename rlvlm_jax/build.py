@@ -85,6 +85,7 @@ NAMED = {  # field -> the names it may take
     "ppo.value_loss": tuple(losses.VALUE_LOSSES),
     "ppo.kl_estimator": tuple(losses.KL_ESTIMATORS),
     "ppo.token_reduction": tuple(losses.TOKEN_REDUCTIONS),
+    "sft.text_corpus": sft_lib.TEXT_CORPORA,  # text-only records mixed into SFT ("": none)
 }
 # The largest picture side. Every environment carries its uint8 [S, S, 3] picture in its state
 # and every rollout step stores one per environment (the trajectory's `frames`): 3 MiB each at
@@ -101,6 +102,7 @@ AT_LEAST = {
     "model.text_layers": 1, "model.text_heads": 1, "model.text_kv_heads": 1,
     "model.vocab_size": 0, "model.max_positions": 1,
     "sft.steps": 0, "sft.warmup": 0, "sft.eval_every": 0, "sft.checkpoint_every": 0,
+    "sft.text_batch_size": 0,
     "ppo.iterations": 0, "ppo.num_envs": 1, "ppo.num_steps": 1, "ppo.epochs": 1,
     "ppo.minibatches": 1, "ppo.micro_batches": 1, "ppo.warmup": 0, "ppo.lora_rank": 0,
     "eval.episodes": 0, "eval.every": 0,
@@ -261,13 +263,21 @@ def _check_rest(c, p, abstract: bool, model) -> None:
             raise ValueError(f"sft.num_demos must be >= 1, got {c.sft.num_demos}")
         if not sft_json and c.sft.batch_size > c.sft.num_demos:
             raise ValueError("sft.batch_size is larger than sft.num_demos")
+    corpus, text_batch = _field(c, "sft.text_corpus"), _field(c, "sft.text_batch_size")
+    if bool(corpus) != bool(text_batch):
+        raise ValueError(f"config.sft.text_corpus = {corpus!r} and sft.text_batch_size = "
+                         f"{text_batch}: set both (text-only records per SFT step) or neither")
+    if (corpus or _field(c, "sft.sort_values")) and c.task != "Points24":
+        raise ValueError(f"config.sft.text_corpus and sft.sort_values are for Points24, not "
+                         f"{c.task}; set them to '' and False")
 
     # Devices.
     shape = mesh_shape(c)
     if shape is not None:
         per = shape[0] * shape[1]
         for name, n in (("ppo.num_envs", p.num_envs), ("eval.episodes", c.eval.episodes),
-                        ("sft.batch_size", c.sft.batch_size)):
+                        ("sft.batch_size", c.sft.batch_size),
+                        ("sft.text_batch_size", _field(c, "sft.text_batch_size"))):
             if n and n % per:
                 raise ValueError(f"{name} = {n} does not divide over the mesh's data x fsdp = "
                                  f"{per} devices")
@@ -528,7 +538,8 @@ class Run:
         resized to image_size; None when it has none)."""
         c = self.config
         if self.host is None:
-            demos = sft_data.make_demonstrations(self.env, num, key, wrong_share, c.cot)
+            demos = sft_data.make_demonstrations(self.env, num, key, wrong_share, c.cot,
+                                                 sort_values=_field(c, "sft.sort_values"))
             if self.env.image_size != c.image_size:  # the original style's 300 px pictures
                 demos.images = host_lib.frames_of(demos.images, c.image_size)
             return demos, False

@@ -35,6 +35,9 @@ LATER_FIELDS = {
     "ppo.policy_loss": "ppo_clip",
     "ppo.value_loss": "clipped",
     "sft.json": "",
+    "sft.sort_values": False,
+    "sft.text_corpus": "",
+    "sft.text_batch_size": 0,
 }
 
 

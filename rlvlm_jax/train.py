@@ -38,6 +38,7 @@ from rlvlm_jax import distributed as dist
 from rlvlm_jax import pretrain
 from rlvlm_jax.build import Run, build, starts_from_reader, undo_on_error, validate_config
 from rlvlm_jax.checkpoints import Checkpointer
+from rlvlm_jax.config_files import field as _field
 from rlvlm_jax.config_files import parse_flags
 from rlvlm_jax.rl import sft as sft_lib
 from rlvlm_jax.rl import sft_data
@@ -132,6 +133,13 @@ def run_sft(run: Run, out: Outputs, params, opt_state, start: int, meta: dict,
         print("[sft] the host task has no demonstrations function: no held-out SFT evaluation",
               flush=True)
     data = jax.device_put(data)
+    text, text_batch = None, _field(c, "sft.text_batch_size")
+    if text_batch:  # text-only records mixed into every step (config.sft.text_corpus)
+        records = sft_lib.text_records(_field(c, "sft.text_corpus"), c.task,
+                                       _field(c, "sft.sort_values"))
+        text = jax.device_put(sft_lib.encode_text(records, run.tokenizer))
+        print(f"[sft] {len(records)} text-only records ({_field(c, 'sft.text_corpus')}), "
+              f"{text_batch} per step", flush=True)
     schedule = run.sft_schedule
     progress = Progress("sft", c.sft.steps, start)
 
@@ -149,7 +157,7 @@ def run_sft(run: Run, out: Outputs, params, opt_state, start: int, meta: dict,
         if "sample" in record:
             out.writer.text("sft/sample", record["sample"], step)
         if step % 10 == 0 or "action_accuracy" in record or step == c.sft.steps:
-            shown = {k: record[k] for k in ("loss", "grad_norm", "action_accuracy",
+            shown = {k: record[k] for k in ("loss", "text_loss", "grad_norm", "action_accuracy",
                                             "fact_accuracy", "parse_rate") if k in record}
             progress(step, shown)
 
@@ -160,7 +168,8 @@ def run_sft(run: Run, out: Outputs, params, opt_state, start: int, meta: dict,
         stop = min(step + every, c.sft.steps)
         params, opt_state, _ = sft_lib.train_sft(
             run.sft_step, params, opt_state, data, stop, c.sft.batch_size, run.keys.sft,
-            start=step, eval_fn=eval_fn, eval_every=c.sft.eval_every, log_fn=log)
+            start=step, eval_fn=eval_fn, eval_every=c.sft.eval_every, log_fn=log, text=text,
+            text_batch_size=text_batch)
         step = stop
         meta.update(stage="sft", sft_step=step, wall_seconds=time.time() - t_start)
         # Raises FloatingPointError, writing nothing, unless params and opt state are finite.

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from rlvlm_jax.distributed import to_host
+from rlvlm_jax.envs import demonstrations
 from rlvlm_jax.envs.formula import TEXT_CODE
 from rlvlm_jax.envs.tasks import Task
 from rlvlm_jax.models import sampling, scoring
@@ -41,6 +42,44 @@ class SFTData(NamedTuple):
     response_mask: jax.Array  # int32 [N, R]
     action: jax.Array  # int32 [N] demonstrated action
     oracle: jax.Array  # int32 [N] the oracle's action
+
+
+class TextData(NamedTuple):
+    """Text-only records [M, ...] mixed into SFT: a left-padded context (BOS first) and the
+    right-padded continuation that is scored. No picture: the decoder alone reads them."""
+
+    prompt_ids: jax.Array  # int32 [M, P]
+    prompt_mask: jax.Array  # int32 [M, P]
+    response: jax.Array  # int32 [M, R]
+    response_mask: jax.Array  # int32 [M, R]
+
+
+# config.sft.text_corpus -> the records' source ("": none). "solutions": every hand's solutions
+# along the oracle's way, in the words of the thoughts (`demonstrations.solution_corpus`).
+TEXT_CORPORA = ("", "solutions")
+
+
+def text_records(name: str, task: str | Task, sort_values: bool) -> list[tuple[str, str]]:
+    """(context, continuation) pairs of the named text corpus for `task`."""
+    if name == "solutions":
+        return demonstrations.solution_corpus(task, sort_values)
+    raise ValueError(f"unknown text corpus {name!r}; known: {[n for n in TEXT_CORPORA if n]}")
+
+
+def encode_text(records: list[tuple[str, str]], tokenizer) -> TextData:
+    """Contexts tokenised with BOS and left-padded, continuations without BOS, right-padded (no
+    EOS: a record is the middle of an answer), both to their longest."""
+    ctx = [tokenizer(a)["input_ids"] for a, _ in records]
+    cont = [tokenizer(b, add_special_tokens=False)["input_ids"] for _, b in records]
+    p, r = max(map(len, ctx)), max(map(len, cont))
+    pad = tokenizer.pad_token_id or 0
+    ids, mask = np.full((len(records), p), pad, np.int32), np.zeros((len(records), p), np.int32)
+    resp = np.full((len(records), r), pad, np.int32)
+    rmask = np.zeros_like(resp)
+    for i, (a, b) in enumerate(zip(ctx, cont, strict=True)):
+        ids[i, p - len(a):], mask[i, p - len(a):] = a, 1
+        resp[i, : len(b)], rmask[i, : len(b)] = b, 1
+    return TextData(ids, mask, resp, rmask)
 
 
 _FORMULA = re.compile(r"current formula: (.*?)\. You can choose")
@@ -101,30 +140,41 @@ def make_sft_data(env, tokenizer, encoder, num: int, key, wrong_share: float, co
     return encode_demonstrations(demos, encoder, tokenizer, response_len)
 
 
-def sft_loss(policy, params, batch: SFTData, freeze_vision: bool = False):
-    """Mean negative log-likelihood per response token (EOS included), and metrics."""
+def _nll(model, batch, images):
+    s = scoring.token_logprobs(model, batch.prompt_ids, batch.prompt_mask, images,
+                               batch.response, batch.response_mask)
+    n = jnp.maximum(jnp.sum(batch.response_mask), 1)
+    return -jnp.sum(s.logprobs) / n, n
+
+
+def sft_loss(policy, params, batch: SFTData, freeze_vision: bool = False,
+             text: TextData | None = None):
+    """Mean negative log-likelihood per response token (EOS included), and metrics; with a
+    `text` batch, plus the mean NLL of its continuations (logged as `text_loss`)."""
     params = stop_frozen(params, freeze_vision)
     model = policy.model(params)
-    s = scoring.token_logprobs(
-        model, batch.prompt_ids, batch.prompt_mask, policy.preprocess(batch.frames),
-        batch.response, batch.response_mask,
-    )
-    n = jnp.maximum(jnp.sum(batch.response_mask), 1)
-    loss = -jnp.sum(s.logprobs) / n
-    return loss, {"loss": loss, "tokens": n}
+    loss, n = _nll(model, batch, policy.preprocess(batch.frames))
+    metrics = {"loss": loss, "tokens": n}
+    if text is not None:
+        metrics["text_loss"], _ = _nll(model, text, None)
+        loss = loss + metrics["text_loss"]
+    return loss, metrics
 
 
 def make_sft_step(policy, tx: optax.GradientTransformation, freeze_vision: bool = False,
                   compiler_options: dict | None = None):
-    """Jitted `step(params, opt_state, data, idx) -> (params, opt_state, metrics)`; create once.
+    """Jitted `step(params, opt_state, data, idx[, text, text_idx]) -> (params, opt_state,
+    metrics)`; create once.
 
-    `data` stays on the device; `idx` [batch] picks the rows. params and opt_state are donated.
+    `data` (and the text-only records `text`) stay on the device; `idx` [batch] (`text_idx`)
+    picks the rows. params and opt_state are donated.
     """
 
-    def step(params, opt_state, data, idx):
+    def step(params, opt_state, data, idx, text=None, text_idx=None):
         batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+        tb = None if text is None else jax.tree.map(lambda x: jnp.take(x, text_idx, axis=0), text)
         (_, metrics), grads = jax.value_and_grad(
-            lambda p: sft_loss(policy, p, batch, freeze_vision), has_aux=True
+            lambda p: sft_loss(policy, p, batch, freeze_vision, tb), has_aux=True
         )(params)
         metrics["grad_norm"] = optax.tree.norm(trainable_part(grads, freeze_vision))
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -202,15 +252,23 @@ def evaluate_sft(answer, params, data: SFTData, tokenizer, reference: list[str] 
 
 
 def train_sft(step_fn, params, opt_state, data: SFTData, num_steps: int, batch_size: int,
-              key, *, start: int = 0, eval_fn=None, eval_every: int = 0, log_fn=None):
+              key, *, start: int = 0, eval_fn=None, eval_every: int = 0, log_fn=None,
+              text: TextData | None = None, text_batch_size: int = 0):
     """Runs SFT steps [start, num_steps); batch indices come from `key` and the step number, so a
-    resumed run draws the same batches. Returns (params, opt_state, history)."""
+    resumed run draws the same batches. With `text`, each step also takes `text_batch_size`
+    text-only records (drawn from a stream of their own: the picture batches stay the same).
+    Returns (params, opt_state, history)."""
     n = int(data.prompt_ids.shape[0])
     history = []
     t0 = time.time()
     for i in range(start, num_steps):
-        idx = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, n)
-        params, opt_state, metrics = step_fn(params, opt_state, data, idx)
+        k = jax.random.fold_in(key, i)
+        idx = jax.random.randint(k, (batch_size,), 0, n)
+        extra = ()
+        if text is not None and text_batch_size:
+            m = int(text.prompt_ids.shape[0])
+            extra = (text, jax.random.randint(jax.random.fold_in(k, 1), (text_batch_size,), 0, m))
+        params, opt_state, metrics = step_fn(params, opt_state, data, idx, *extra)
         record = {"step": i + 1}
         last = i + 1 == num_steps
         if eval_fn is not None and eval_every and ((i + 1) % eval_every == 0 or last):

@@ -77,13 +77,14 @@ def make_demonstrations(
     cot: bool = True,
     explore: float = 0.3,
     picture=None,
+    sort_values: bool = False,
 ) -> Demonstrations:
     """Demonstrations for `env`'s task; a `wrong_share` of them answer with a uniformly chosen
     non-oracle action (the thoughts state the true facts, then choose that action).
 
     `picture` (a function of a state's `text_fields`, returning uint8 [H, W, 3]) paints the
     pictures instead of the env (another renderer of the same states, e.g. the original
-    gym_cards env's for a host task)."""
+    gym_cards env's for a host task). `sort_values`: `demonstrations.cot_demonstration`'s."""
     if not 0.0 <= wrong_share <= 1.0:
         raise ValueError(f"wrong_share must be in [0, 1], got {wrong_share}")
     k_states, k_oracle, k_wrong = jax.random.split(key, 3)
@@ -102,8 +103,8 @@ def make_demonstrations(
             painted.append(np.asarray(picture(fields), np.uint8))
         prompt_list.append(prompts.full_prompt(env.task, fields.get("formula"), cot=cot))
         if cot:
-            responses.append(demonstrations.cot_demonstration(env.task, action=int(actions[i]),
-                                                              **fields))
+            responses.append(demonstrations.cot_demonstration(
+                env.task, action=int(actions[i]), sort_values=sort_values, **fields))
         else:
             responses.append(demonstrations.answer_only(env.task, int(actions[i])))
     return Demonstrations(

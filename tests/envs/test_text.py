@@ -331,6 +331,63 @@ def test_points24_demo_overrides_and_dead_ends():
     ]
 
 
+def test_sorted_values_sentence_and_the_solution_corpus():
+    """The thoughts with sort_values list the values in ascending order; every state on the
+    oracle's way through a hand has a text-only record whose words are the thoughts' own from
+    that sentence on, and the solutions the records state make the target with the hand."""
+    rng = random.Random(1)
+    for task, n, target in (("Points24", 4, 24),):
+        for _ in range(24):
+            ranks = [rng.randint(1, 13) for _ in range(n)]
+            values = sorted(min(r, 10) for r in ranks)
+            records = dict(demonstrations.solution_corpus(task, hands=[values]))
+            formula = []
+            for _ in range(25):
+                text = cot_demonstration(task, cards=ranks, formula=formula, sort_values=True)
+                aid = demonstrations.oracle_action(task, cards=ranks, formula=formula)
+                _check_demo(task, text, aid, aid)
+                thoughts = json.loads(text)["thoughts"]
+                key = "In order, they are " + demonstrations._and([str(v) for v in values])
+                assert key + ". The current formula" in thoughts
+                context = next(c for c in records if c in thoughts)  # one record per state
+                assert thoughts.endswith(context + records.pop(context))
+                if TASKS[task].action_strings[aid] == "=":
+                    break
+                formula = formula + [TASKS[task].action_strings[aid]]
+            assert not records  # no record off the oracle's way
+            stated = [t.split(" = ")[0].split()[-1] for t in
+                      (json.loads(cot_demonstration(task, cards=ranks, sort_values=True))
+                       ["thoughts"],) if f" = {target} uses" in t]
+            for expr in stated:
+                tokens = [x for x in parse_formula(expr)]
+                assert solvers.evaluate_tokens(tokens) == target
+                assert sorted(int(x) for x in tokens if x.isdigit()) == values
+    corpus = demonstrations.solution_corpus("Points24", sort_values=False,
+                                            hands=[[1, 2, 3, 4], [1, 1, 1, 1]])
+    assert [c for c, _ in corpus if c.endswith("empty.")] == [
+        "The cards are A, 2, 3 and 4, which count as 1, 2, 3 and 4. The current formula is "
+        "empty.",
+        "The cards are A, A, A and A, which count as 1, 1, 1 and 1. The current formula is "
+        "empty."]
+    for bad in ("EZPoints", "Blackjack"):
+        with pytest.raises(ValueError, match="for Points24"):
+            demonstrations.solution_corpus(bad)
+    with pytest.raises(ValueError, match="for Points24"):
+        cot_demonstration("EZPoints", cards=[3, 4], sort_values=True)
+    with pytest.raises(ValueError, match="4 values in 1..10"):
+        demonstrations.solution_corpus("Points24", hands=[[1, 2, 13, 4]])
+
+
+def parse_formula(expr: str) -> list[str]:
+    """"10*3-8+2" -> its action strings."""
+    out, i = [], 0
+    while i < len(expr):
+        step = 2 if expr.startswith("10", i) else 1
+        out.append(expr[i:i + step])
+        i += step
+    return out
+
+
 def test_answer_only_round_trip():
     for name, spec in TASKS.items():
         for aid, s in enumerate(spec.action_strings):

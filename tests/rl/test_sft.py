@@ -112,6 +112,54 @@ def test_sft_loss_decreases_on_a_fixed_batch(tok):
     assert int(aux["tokens"]) == int(np.sum(data.response_mask))
 
 
+def _text_records():
+    from rlvlm_jax.envs import demonstrations
+
+    return demonstrations.solution_corpus("Points24", hands=[[3, 3, 8, 8], [2, 3, 8, 10]])
+
+
+def test_text_records_encode_as_context_and_continuation(tok):
+    """Contexts left-padded with BOS, continuations right-padded without EOS."""
+    records = _text_records()
+    text = sft.encode_text(records, tok)
+    for i, (context, continuation) in enumerate(records):
+        ids = text.prompt_ids[i][text.prompt_mask[i] > 0]
+        assert ids[0] == tok.bos_token_id and tok.decode(ids[1:]) == context
+        assert text.prompt_mask[i, -1] == 1  # left padding
+        cont = text.response[i][text.response_mask[i] > 0]
+        assert tok.eos_token_id not in cont and tok.decode(cont) == continuation
+        assert text.response_mask[i, 0] == 1  # right padding
+
+
+@pytest.mark.slow  # two compiled SFT steps (~10 s)
+def test_text_records_are_scored_without_pictures(tok):
+    """A record's loss does not depend on its padding, and SFT steps with text-only records
+    lower their loss."""
+    records = _text_records()
+    text = sft.encode_text(records, tok)
+    i = int(np.argmin(text.prompt_mask.sum(1)))  # the shortest context, padded the most
+    alone = sft.encode_text([records[i]], tok)
+    c = load_config()
+    cfg = policy_lib.llava_config(c.model, c.image_size, tok)
+    policy, params = init_policy(cfg, c.model.value_hidden)
+    model = policy.model(params)
+    batch_loss = sft._nll(model, jax.tree.map(lambda x: x[i:i + 1], text), None)[0]
+    np.testing.assert_allclose(batch_loss, sft._nll(model, alone, None)[0], rtol=1e-5)
+
+    env, _ = envs.make("NumberLine", image_size=c.image_size)
+    enc = PromptEncoder(tok, "NumberLine", True, c.template, cfg.num_image_tokens)
+    data = jax.device_put(sft.make_sft_data(env, tok, enc, 4, jax.random.key(0), 0.0, True,
+                                            c.max_new_tokens))
+    tx = optim.make_optimizer(optim.warmup_cosine(1e-2, 20), 0.0, 1.0, params)
+    step = sft.make_sft_step(policy, tx)
+    opt, losses = tx.init(params), []
+    for _ in range(5):
+        params, opt, m = step(params, opt, data, jnp.arange(4), jax.device_put(text),
+                              jnp.arange(len(records)))
+        losses.append(float(m["text_loss"]))
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
 def test_demonstrations_parse_to_their_actions(tok):
     """The encoded responses, parsed on the device, give the demonstrated actions."""
     c = load_config()
