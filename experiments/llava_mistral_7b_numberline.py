@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ppo.minibatches = 4  # 128 samples per optimiser step (paper: 128 accumulated)
     c.ppo.micro_batches = 32  # 4 samples per forward/backward
     c.ppo.lr = 1e-5  # paper
+    c.ppo.temperature = 0.2  # paper (the tiny NumberLine samples its rollouts at 1.0)
     c.ppo.lr_end = 1e-9  # paper (cosine)
     c.ppo.clip_eps = 0.1  # paper
     c.ppo.value_clip_eps = 0.1  # paper

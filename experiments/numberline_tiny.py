@@ -107,7 +107,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ppo.gae_lambda = 0.95  # GAE lambda
     c.ppo.thought_lambda = 0.5  # weight of the CoT tokens' log-probs in the action log-prob
     c.ppo.action_only = not c.cot  # log-prob of the action tokens only (no-CoT ablation)
-    c.ppo.temperature = 0.2  # sampling temperature of rollouts (log-probs at the same value)
+    # Sampling temperature of rollouts (log-probs at the same value); evaluation stays at 0.2.
+    # At 0.2 the policy went near-deterministic (token entropy ~1e-3) and one seed in three
+    # stopped near 87%; at 1.0 the same three seeds end at 99.8 / 99.2 / 98.4%.
+    c.ppo.temperature = 1.0
     c.ppo.truncation_as_termination = False  # True: no bootstrap on time limits (the original)
     c.ppo.freeze_vision = True  # keep the ViT fixed (anchors reading during RL)
     c.ppo.lora_rank = 0  # LoRA adapters of this rank instead of full fine-tuning (paper: 128)
