@@ -35,6 +35,8 @@ The decoder alone, given the text records' contexts, recalls 39.6% of first-step
 chaining its own answers step by step, finishes 42.4% of the 566 solvable hands: so recall is
 there in text, but does not carry over to the picture's context (first step 54% and later steps
 80% right actions there). Text-only training alone, 500 steps of 256 records: 29.7% recall.
+Records that carry the whole response prefix instead (JSON fields, the cards in a random display
+order, then the thoughts up to the formula; 64 per step, seed 0, 1,200 steps): SFT success 1.8%.
 """
 
 import ml_collections
