@@ -128,16 +128,16 @@ def architecture(m, image_size: int, vocab_size: int):
         num_kv_heads=m.text_kv_heads,
         max_position_embeddings=m.max_positions,
     )
+    vision = dict(  # the tower fields both families read from the same config fields
+        hidden_size=m.vision_hidden,
+        intermediate_size=m.vision_mlp,
+        num_layers=m.vision_layers,
+        num_heads=m.vision_heads,
+        patch_size=m.patch_size,
+    )
     if fam == "llava":
         return LlavaConfig(
-            vision=VisionConfig(
-                hidden_size=m.vision_hidden,
-                intermediate_size=m.vision_mlp,
-                num_layers=m.vision_layers,
-                num_heads=m.vision_heads,
-                image_size=image_size,
-                patch_size=m.patch_size,
-            ),
+            vision=VisionConfig(**vision, image_size=image_size),
             text=TextConfig(**text),
             vision_feature_layer=m.vision_feature_layer,
         )
@@ -146,13 +146,9 @@ def architecture(m, image_size: int, vocab_size: int):
     extra = _qwen_defaults(m, fam)
     return QwenVLConfig(
         vision=QwenVisionConfig(
+            **vision,
             variant=fam,
-            hidden_size=m.vision_hidden,
-            intermediate_size=m.vision_mlp,
-            num_layers=m.vision_layers,
-            num_heads=m.vision_heads,
             out_hidden_size=m.text_hidden,
-            patch_size=m.patch_size,
             hidden_act="quick_gelu" if fam == "qwen2_vl" else "silu",
             window_size=extra.get("window_size", 0),
             fullatt_block_indexes=extra.get("fullatt_block_indexes", ()),
