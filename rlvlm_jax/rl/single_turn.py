@@ -181,5 +181,5 @@ class SingleTurn:
             return jax.lax.scan(minibatch, carry, order.reshape(rl.minibatches, size))
 
         (params, opt_state), metrics = jax.lax.scan(
-            epoch, (params, opt_state), jax.random.split(key, rl.epochs))
+            epoch, (params, opt_state), jax.random.split(key, rl.update_epochs))
         return params, opt_state, jax.tree.map(jnp.mean, metrics)

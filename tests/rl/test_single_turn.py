@@ -183,3 +183,24 @@ def test_command_line_error_is_one_line(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("error: config.rl.algorithm 'ppo2'")
     assert "Traceback" not in out.stderr and not workdir.exists()
+
+
+def test_update_takes_update_epochs_times_minibatches_steps(tmp_path):
+    """One stage-4 call makes rl.update_epochs x rl.minibatches optimiser steps, whatever the
+    number of evaluation epochs (rl.epochs) — the two were once confused."""
+    import optax
+
+    from rlvlm_jax.build import build_single_turn
+    from rlvlm_jax.train_single import load_data
+
+    over = {"rl.prompts_per_batch": 8, "sft.steps": 0, "rl.epochs": 3, "rl.update_epochs": 2,
+            "rl.minibatches": 2}
+    run = build_single_turn(_config("grpo", **over), str(tmp_path / "run"))
+    params = run.init_params
+    r = run.stages.collect(params, load_data(run)["train"].batch(np.arange(8)),
+                           jax.random.key(1), jnp.float32(1.0), group_size=4)
+    reward = jnp.asarray(np.random.default_rng(0).random(32), jnp.float32)
+    traj, _ = run.stages.trajectory(params, None, r, reward)
+    _, opt_state, _ = run.stages.update(params, run.rl_tx.init(params), traj, jax.random.key(2))
+    counts = [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(opt_state, "count")]
+    assert counts and set(counts) == {4}, counts
