@@ -249,6 +249,7 @@ def test_bad_input_fails_before_compiling():
     assert not calls
 
 
+@pytest.mark.slow  # ~5 s of subprocesses; test_bad_input_fails_before_compiling stays
 def test_cli_errors():
     r = _cli("--config", TINY, "--mesh", "1,2,1", "--device", "v5e",
              "--config.ppo.no_such_field=3")

@@ -221,6 +221,7 @@ def test_numberline_digits_are_the_font_glyphs():
         assert found and ink.sum() == glyph.sum(), f"digit {position} is not the font's glyph"
 
 
+@pytest.mark.slow  # ~5 s; writes PNGs for a person to look at
 def test_write_sample_pictures(tmp_path):
     """Writes PNGs a person can open (set RLVLM_SAMPLES_DIR to keep them)."""
     out = os.environ.get("RLVLM_SAMPLES_DIR") or str(tmp_path)

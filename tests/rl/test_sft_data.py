@@ -12,7 +12,11 @@ from rlvlm_jax.envs import parse
 from rlvlm_jax.rl.sft_data import load_llava_json, make_demonstrations, save_llava_json
 
 
-@pytest.mark.parametrize("task", ["NumberLine", "EZPoints", "Blackjack"])
+@pytest.mark.parametrize("task", [
+    "NumberLine",  # the card tasks' demonstrations parse on the device in test_text_fields too
+    pytest.param("EZPoints", marks=pytest.mark.slow),
+    pytest.param("Blackjack", marks=pytest.mark.slow),
+])
 def test_demonstrations_parse_to_their_actions_with_the_wrong_share(task):
     env = envs.make(task, image_size=envs.TASKS[task].min_image_size())[0]
     data = make_demonstrations(env, 400, jax.random.key(0), wrong_share=0.5)

@@ -104,6 +104,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, overrides, me
     assert not workdir.exists()
 
 
+@pytest.mark.slow  # ~7 s end to end; tests/data/test_jsonl.py and test_rewards.py keep the parts
 def test_maye_jsonl_data_with_math_verify(tmp_path):
     """MAYE's files end to end: JSONL splits with pictures beside them, judged by math-verify."""
     from PIL import Image

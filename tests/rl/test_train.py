@@ -142,6 +142,7 @@ def test_evaluate_command(runs):
     assert greedy["temperature"] == 0.0
 
 
+@pytest.mark.slow  # ~6 s; test_evaluate_command restores the full checkpoint in the default suite
 def test_evaluate_restores_a_lora_checkpoint(runs, tmp_path):
     """`evaluate` restores into the same target as training's resume: with LoRA adapters the PPO
     checkpoint carries `lora` leaves and no reference copy (the frozen base is the reference)."""
