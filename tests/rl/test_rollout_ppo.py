@@ -163,6 +163,7 @@ def test_rollouts_with_a_formula_prompt(tmp_path):
                                    formulas[t - 1]), (formulas, a)
 
 
+@pytest.mark.slow  # ~9 s; test_sharding's meshes and the Qwen sharded step stay in the default
 def test_eight_devices_equal_one(setup, updater):
     """One compiled iteration (rollout + update) on a (data 4, fsdp 2) mesh of 8 simulated
     devices gives the single-device results."""
