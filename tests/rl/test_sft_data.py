@@ -13,7 +13,7 @@ from rlvlm_jax.rl.sft_data import load_llava_json, make_demonstrations, save_lla
 
 
 @pytest.mark.parametrize("task", [
-    "NumberLine",  # the card tasks' demonstrations parse on the device in test_text_fields too
+    "NumberLine",  # every task's CoT demonstrations parse to their actions in test_text_fields too
     pytest.param("EZPoints", marks=pytest.mark.slow),
     pytest.param("Blackjack", marks=pytest.mark.slow),
 ])
