@@ -38,7 +38,9 @@ from rlvlm_jax.envs.tasks import TASK_NAMES
 
 TASKS = TASK_NAMES  # table columns, in the paper's order
 BASELINES = {"random": "Random", "oracle": "Oracle", "cnn_ppo": "CNN + RL"}
-DEFAULT_LAMBDA = 0.5
+# RL4VLM's λ (the paper's rows): a run at another λ gets a "λ=..." row of its own. A row label,
+# not a default: the configs set their own `ppo.thought_lambda`.
+PAPER_LAMBDA = 0.5
 # Fields that differ between seeds of one experiment or only change bookkeeping, not results.
 IGNORED_KEYS = frozenset({
     "seed", "model.init_seed", "checkpoint_every", "sft.checkpoint_every", "log_every",
@@ -141,7 +143,7 @@ def load_run(workdir: str) -> RunRecord:
         cot, lam = bool(need("cot")), float(need("ppo.thought_lambda"))
         has_sft = int(need("sft.steps")) > 0
     else:
-        cot, lam, has_sft = False, DEFAULT_LAMBDA, False
+        cot, lam, has_sft = False, PAPER_LAMBDA, False
     return RunRecord(wd, config, results, task, seed, method, cot, lam, has_sft)
 
 
@@ -162,12 +164,12 @@ def _rows(run: RunRecord) -> list[tuple[str, str, tuple]]:
     suffix = "" if run.cot else " (no CoT)"
     stage = ("SFT" if run.has_sft else "Init") + suffix
     parts = ["CoT" if run.cot else "no CoT"]
-    if run.thought_lambda != DEFAULT_LAMBDA:
+    if run.thought_lambda != PAPER_LAMBDA:
         parts.append(f"λ={run.thought_lambda:g}")
     if not run.has_sft:
         parts.append("no SFT")
     rl = f"RL ({', '.join(parts)})"
-    default = run.thought_lambda == DEFAULT_LAMBDA and run.has_sft
+    default = run.thought_lambda == PAPER_LAMBDA and run.has_sft
     return [
         (stage, "sft_eval", (3 + (not run.cot) + 2 * (not run.has_sft),)),
         (rl, "ppo_eval", (7 + (not run.cot), 0.0, 0) if default
@@ -305,7 +307,7 @@ def _dedupe(label, task, entries, sft_stage, warn):
                 raise ReportError(
                     f"duplicate seed {same[0][0].seed} in row '{label}' on {task}: "
                     f"{', '.join(r.workdir for r, _ in same)}")
-            same = sorted(same, key=lambda e: (e[0].thought_lambda != DEFAULT_LAMBDA,
+            same = sorted(same, key=lambda e: (e[0].thought_lambda != PAPER_LAMBDA,
                                                e[0].workdir))
             if len({v for _, v in same}) > 1:
                 shown = ", ".join(f"{v:.1f}" for _, v in same)

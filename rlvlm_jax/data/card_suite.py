@@ -8,6 +8,7 @@ state's true facts (`env.text_fields`), exactly (`rlvlm_jax.envs.solvers`):
     numberline_steps   NumberLine, any start state   |target - current|            "3"
     ezpoints_difference EZPoints at the start          larger minus smaller value    "5"
     points24_solvable  Points24 at the start          24 reachable exactly?         "yes" / "no"
+    points24_formula   Points24 at the start          a formula that makes 24       "8/(3-8/3)"/"no"
     blackjack_action   Blackjack at the first deal    basic strategy                "hit" / "stand"
 
 Splits. Each kind's *logical state* is the set of facts that fixes both the picture and the
@@ -22,6 +23,7 @@ Distinct logical states and the shares held out (each of validation and test):
     numberline_steps        30 states, 20% each: 18 train / 6 validation / 6 test (see below)
     ezpoints_difference    304 states, 10% each: 244 / 31 / 29 (19 ordered rank pairs x 16 suits)
     points24_solvable  7,311,616 states, 10% each
+    points24_formula   7,311,616 states, 10% each (its own hash: other splits than _solvable's)
     blackjack_action     110,592 states, 10% each (12 shown ranks: a ten-value card shows J/Q/K)
 
 NumberLine has only 6 x 5 start states (current 0..5, target 0..5 and different). A threshold on
@@ -32,7 +34,8 @@ necessity, and 6 test states cannot show every distance (1..5). EZPoints' reset 
 second card 12 - a or 12 / a, so its sums are only 7, 8 and 12 (12 for about 4 in 5 problems).
 
 Texts: at most 149 characters (a Points24 "no" with face cards), 51 tokens of the pretrained
-reader's tokenizer (a soft-hand Blackjack solution), measured over every reachable state.
+reader's tokenizer (a soft-hand Blackjack solution), measured over every reachable state;
+points24_formula's run to 57 tokens (the longest of 2,048 drawn training problems).
 
 Speed: candidates are drawn in fixed rounds of logical states only (jit + vmap of the env's reset
 rules, no picture), filtered on the host by hash, and the pictures drawn afterwards with
@@ -112,6 +115,20 @@ def _points24_solvable(fields: dict) -> tuple[str, str]:
     return answer, text + _boxed(answer)
 
 
+def _points24_formula(fields: dict) -> tuple[str, str]:
+    """The solver's formula is one right answer of many: the "exact_or_formula" checker accepts
+    any formula with the same numbers, each used once, and the same exact value (24)."""
+    text, values = _cards_text(fields["cards"])
+    formula = solvers.solve_points24(values, target=24)
+    if formula is None:
+        answer = "no"
+        text += " No formula that uses each of these numbers once makes 24. "
+    else:
+        answer = "".join(formula)
+        text += f" {answer} = 24. "
+    return answer, text + _boxed(answer)
+
+
 def _blackjack_action(fields: dict) -> tuple[str, str]:
     total, soft = int(fields["player_sum"]), bool(fields["usable_ace"])
     up = int(fields["dealer_up_value"])
@@ -188,6 +205,11 @@ KINDS: dict[str, Kind] = {
         "Can the four cards make 24 with +, -, *, / and parentheses, using each card once? "
         "Answer yes or no.",
         _formula_cards_key, _points24_solvable),
+    "points24_formula": Kind(
+        "Points24",
+        "Write a formula that makes 24 from the four cards with +, -, *, / and parentheses, "
+        "using each card once. If there is none, answer no.",
+        _formula_cards_key, _points24_formula),
     "blackjack_action": Kind(
         "Blackjack",
         "Should the player hit or stand? Follow basic strategy.",

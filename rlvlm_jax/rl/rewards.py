@@ -9,6 +9,9 @@ Checkers (`REWARD_CHECKERS`, looked up with `checker`):
 - "math_verify": symbolic / numeric equivalence with HuggingFace's `math-verify` (what MAYE used,
   besides two looser fallbacks of its own): "\\frac{1}{2}" == "0.5", "30^\\circ" == "30".
 - "exact": normalised string match, numbers compared by value ("15" == "15.0").
+- "exact_or_formula": "exact", and where the answer is an arithmetic formula (the card suite's
+  Points24 formulas), any formula of the same whole numbers, each used as often, with the same
+  exact value: "8/(3-8/3)" == "(8/(3-(8/3)))"; "3*8*(4-3)" != "3*8" (a number left out).
 
 Shaping terms are pure functions of the texts (and of the `finished` flags), returning float32
 arrays; `total_reward` combines them. MAYE's released config (GAIR-NLP/MAYE,
@@ -215,9 +218,59 @@ def exact_match_correct(responses: Sequence[str], answers: Sequence[str]) -> np.
     return out
 
 
+_FORMULA_TOKEN_RE = re.compile(r"\s*(\d+|[-+*/()])")
+
+
+def _formula_tokens(text: str) -> list[str] | None:
+    """The tokens of `text` if it is only whole numbers, + - * /, parentheses and spaces, with at
+    least one operator; else None."""
+    tokens, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        m = _FORMULA_TOKEN_RE.match(text, pos)
+        if m is None:
+            return None
+        tokens.append(m.group(1))
+        pos = m.end()
+    return tokens if any(t in "+-*/" for t in tokens) else None
+
+
+def _same_formula(pred: str, gold_tokens: list[str]) -> bool:
+    # Imported here: the math-verify subprocess imports this module and needs no jax.
+    from rlvlm_jax.envs.solvers import evaluate_tokens
+
+    tokens = _formula_tokens(pred)
+    if tokens is None:
+        return False
+    numbers = sorted(int(t) for t in tokens if t.isdigit())
+    if numbers != sorted(int(t) for t in gold_tokens if t.isdigit()):
+        return False
+    try:
+        return evaluate_tokens(tokens) == evaluate_tokens(gold_tokens)
+    except (ValueError, ZeroDivisionError):  # malformed, or a division by zero
+        return False
+
+
+def exact_or_formula_correct(responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """bool[N]: `exact_match_correct`, and for an answer that is an arithmetic formula (whole
+    numbers, + - * /, parentheses; at least one operator), also any boxed formula that uses the
+    same numbers, each as often as the answer does, and has the same exact value. For questions
+    with many right formulas (make 24 from four cards): the answer is one of them, the check
+    accepts all. A malformed formula or a division by zero is wrong."""
+    out = exact_match_correct(responses, answers)
+    for i, (response, answer) in enumerate(zip(responses, answers, strict=True)):
+        gold = _formula_tokens(answer)
+        if out[i] or gold is None:
+            continue
+        boxed = extract_boxed(response)
+        out[i] = boxed is not None and _same_formula(boxed, gold)
+    return out
+
+
 REWARD_CHECKERS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]] = {
     "math_verify": math_verify_correct,
     "exact": exact_match_correct,
+    "exact_or_formula": exact_or_formula_correct,
 }
 
 

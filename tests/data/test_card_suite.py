@@ -13,8 +13,10 @@ import rlvlm_jax.envs as envs
 from rlvlm_jax.data import card_suite
 from rlvlm_jax.data.card_suite import KINDS, SPLITS, draw_states, make_suite, split_of
 from rlvlm_jax.envs import solvers
+from rlvlm_jax.rl.rewards import exact_or_formula_correct
 
 ALL = list(KINDS)
+K = len(ALL)
 SIZE = 101  # the smallest picture every env accepts (Blackjack's); one compile per kind
 N = 48  # problems per kind in the split fixtures
 
@@ -55,6 +57,10 @@ def expected_answer(kind: str, fields: dict) -> str:
         assert fields["formula"] == []
         values = tuple(Fraction(min(r, 10)) for r in fields["cards"])
         return "yes" if _reaches(values, Fraction(24)) else "no"
+    if kind == "points24_formula":  # the answer is one formula of many: checked in the test
+        assert fields["formula"] == []
+        values = tuple(Fraction(min(r, 10)) for r in fields["cards"])
+        return "formula" if _reaches(values, Fraction(24)) else "no"
     if kind == "blackjack_action":
         total, usable = _blackjack_total(fields["player_cards"])
         assert (total, usable) == (fields["player_sum"], fields["usable_ace"])
@@ -77,36 +83,47 @@ def states():
 
 @pytest.fixture(scope="module")
 def suite():
-    return make_suite(ALL, "test", 4 * N, image_size=SIZE)
+    return make_suite(ALL, "test", K * N, image_size=SIZE)
 
 
 # ------------------------------------------------------------------------------------ tests
 def test_answers_and_solutions_follow_the_rules(suite, states):
-    assert len(suite) == 4 * N and suite.images.shape == (4 * N, SIZE, SIZE, 3)
+    assert len(suite) == K * N and suite.images.shape == (K * N, SIZE, SIZE, 3)
     assert suite.images.dtype == np.uint8
     for j, kind in enumerate(ALL):
         env = envs.make(KINDS[kind].task, image_size=SIZE)[0]
         state = states["test"][kind]
-        rows = range(j, 4 * N, 4)
+        rows = range(j, K * N, K)
         for i, row in enumerate(rows):
             fields = env.text_fields(_row(state, i))
             answer = suite.answers[row]
-            assert answer == expected_answer(kind, fields), (suite.ids[row], fields)
+            expected = expected_answer(kind, fields)
+            if expected == "formula":  # the formula's value and numbers: checked below
+                tokens = re.findall(r"\d+|[-+*/()]", answer)
+                assert "".join(tokens) == answer and len(tokens) > 1
+                spaced = f"\\boxed{{{' '.join(tokens)}}}"
+                assert exact_or_formula_correct([spaced, "\\boxed{no}"],
+                                                [answer, answer]).tolist() == [True, False]
+            else:
+                assert answer == expected, (suite.ids[row], fields)
             assert np.array_equal(suite.images[row], state.canvas[i])
             assert suite.questions[row] == KINDS[kind].question
             sol = suite.solutions[row]
             assert sol.endswith(f"The answer is \\boxed{{{answer}}}."), sol
             assert sol.count("\\boxed") == 1 and len(sol) <= 150
-            if kind == "points24_solvable" and answer == "yes":  # the formula shown is right
+            if kind.startswith("points24") and answer != "no":  # the formula shown is right
                 formula = re.search(r"\. (\S+) = 24\.", sol).group(1)
                 tokens = re.findall(r"\d+|[-+*/()]", formula)
                 assert "".join(tokens) == formula
+                assert kind == "points24_solvable" or formula == answer
                 assert solvers.evaluate_tokens(tokens) == 24
                 numbers = Counter(int(t) for t in tokens if t.isdigit())
                 assert numbers == Counter(min(r, 10) for r in fields["cards"])
         # Both answers of the yes/no and hit/stand kinds occur (the answer is not a constant).
         if kind in ("points24_solvable", "blackjack_action"):
-            assert len(set(suite.answers[j::4])) == 2
+            assert len(set(suite.answers[j::K])) == 2
+        if kind == "points24_formula":
+            assert "no" in suite.answers[j::K] and len(set(suite.answers[j::K])) > 2
     # The pictures are the env's own: one per kind against the host painter.
     for kind in ALL:
         env = envs.make(KINDS[kind].task, image_size=SIZE)[0]
@@ -121,6 +138,10 @@ def test_solution_texts_read_the_state():
     assert card_suite._numberline_steps({"position": 4, "goal": 1})[0] == "3"
     assert card_suite._points24_solvable({"cards": [1, 1, 1, 1]})[0] == "no"
     assert card_suite._points24_solvable({"cards": [8, 3, 8, 3]})[0] == "yes"  # 8/(3-8/3)
+    assert card_suite._points24_formula({"cards": [1, 1, 1, 1]})[0] == "no"
+    assert card_suite._points24_formula({"cards": [8, 3, 8, 3]}) == (
+        "8/(3-8/3)", "The cards are 8, 3, 8 and 3. 8/(3-8/3) = 24. The answer is "
+                     "\\boxed{8/(3-8/3)}.")
     bj = card_suite._blackjack_action(
         {"player_sum": 17, "usable_ace": True, "dealer_up_value": 10, "player_cards": [1, 6]})
     assert bj[0] == "hit" and bj[1].startswith("My cards are A and 6, a soft 17. The dealer")
@@ -144,11 +165,11 @@ def test_interleaving_ids_and_size_independence(suite):
 
 
 def test_deterministic(suite):
-    again = make_suite(ALL, "test", 4 * N, image_size=SIZE)
+    again = make_suite(ALL, "test", K * N, image_size=SIZE)
     assert np.array_equal(again.images, suite.images)
     for field in ("questions", "answers", "solutions", "ids"):
         assert getattr(again, field) == getattr(suite, field)
-    other = make_suite(ALL, "test", 4 * N, image_size=SIZE, seed=1)
+    other = make_suite(ALL, "test", K * N, image_size=SIZE, seed=1)
     assert not np.array_equal(other.images, suite.images)
 
 
@@ -165,7 +186,7 @@ def test_splits_are_disjoint_in_logical_states(states):
         assert not seed1 & (keys["validation"] | keys["test"])
         for i, s in enumerate(SPLITS):
             assert (split_of(kind, np.array(sorted(keys[s]))) == i).all()
-        if kind in ("points24_solvable", "blackjack_action"):  # large spaces: few repeats
+        if kind != "numberline_steps" and kind != "ezpoints_difference":  # large: few repeats
             assert len(keys["test"]) > N * 3 // 4
 
 

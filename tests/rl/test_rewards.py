@@ -11,6 +11,7 @@ from rlvlm_jax.rl.rewards import (
     REWARD_CHECKERS,
     checker,
     exact_match_correct,
+    exact_or_formula_correct,
     extract_boxed,
     format_reward,
     math_verify_correct,
@@ -100,6 +101,27 @@ def test_exact_match():
     assert exact_match_correct(list(responses), list(answers)).tolist() == list(expected)
 
 
+def test_exact_or_formula():
+    pairs = [
+        ("\\boxed{8/(3-8/3)}", "8/(3-8/3)", True),
+        ("\\boxed{ (8 / (3 - (8/3))) }", "8/(3-8/3)", True),  # another grouping, same value
+        ("\\boxed{(5+7-6)*4}", "4*(7-6+5)", True),  # another formula of the same cards
+        ("\\boxed{3*8}", "1*1*3*8", False),  # 24, but two cards left out
+        ("\\boxed{1*1*3*8*1}", "1*1*3*8", False),  # a card used twice
+        ("\\boxed{(10-4)*4+0}", "(10-4)*4", False),  # a number that is not a card
+        ("\\boxed{8/(3-3)*8}", "3*8*(3-8/8)", False),  # division by zero
+        ("\\boxed{8/(3-8/3}", "8/(3-8/3)", False),  # malformed
+        ("\\boxed{2*12}", "24", False),  # a plain-number answer is matched exactly
+        ("\\boxed{no}", "no", True),
+        ("\\boxed{1*1*3*8}", "no", False),
+        ("\\boxed{15.0}", "15", True),  # everything "exact" accepts
+        ("(5+7-6)*4", "(5+7-6)*4", False),  # no boxed answer
+    ]
+    responses, answers, expected = zip(*pairs, strict=True)
+    got = exact_or_formula_correct(list(responses), list(answers))
+    assert got.tolist() == list(expected)
+
+
 def test_penalties_and_format_reward():
     np.testing.assert_array_equal(no_eos_penalty(np.array([True, False])), np.float32([0, -0.1]))
     assert no_eos_penalty(np.array([True, False])).dtype == np.float32
@@ -140,8 +162,9 @@ def test_total_reward():
 
 def test_checker_registry():
     assert checker("math_verify") is math_verify_correct and checker("exact") is exact_match_correct
-    assert set(REWARD_CHECKERS) == {"math_verify", "exact"}
+    assert checker("exact_or_formula") is exact_or_formula_correct
+    assert set(REWARD_CHECKERS) == {"math_verify", "exact", "exact_or_formula"}
     with pytest.raises(KeyError, match="unknown reward checker 'mathverify'; known checkers: "
-                                       "exact, math_verify"):
+                                       "exact, exact_or_formula, math_verify"):
         checker("mathverify")
     assert rewards.extract_boxed is extract_boxed
