@@ -867,6 +867,11 @@ def validate_single_turn(config) -> None:
         if not kinds or unknown:
             raise ValueError(f"config.data.suite_kinds {c.data.suite_kinds!r}: unknown "
                              f"{unknown or 'none given'}; known: {list(card_suite.KINDS)}")
+        for k in kinds:
+            if c.data.reward not in card_suite.KINDS[k].checkers:
+                raise ValueError(f"config.data.suite_kinds has {k}, which config.data.reward "
+                                 f"{c.data.reward!r} cannot judge: use one of "
+                                 f"{list(card_suite.KINDS[k].checkers)}")
     checkpoint = c.model.checkpoint or ""
     _check_qwen_support(c, None)
     if not checkpoint:

@@ -189,6 +189,8 @@ class Kind:
     heldout_share: float = 0.1  # share of logical states in validation, and again in test
     # Every logical key, for a space so small that the splits take exact shares (`split_of`).
     all_states: Callable[[], np.ndarray] | None = None
+    # Reward checkers (`rlvlm_jax.rl.rewards`) that judge this kind's answers right.
+    checkers: tuple[str, ...] = ("exact", "exact_or_formula")
 
 
 KINDS: dict[str, Kind] = {
@@ -209,7 +211,7 @@ KINDS: dict[str, Kind] = {
         "Points24",
         "Write a formula that makes 24 from the four cards with +, -, *, / and parentheses, "
         "using each card once. If there is none, answer no.",
-        _formula_cards_key, _points24_formula),
+        _formula_cards_key, _points24_formula, checkers=("exact_or_formula",)),
     "blackjack_action": Kind(
         "Blackjack",
         "Should the player hit or stand? Follow basic strategy.",

@@ -91,6 +91,9 @@ def test_job_writes_maye_evaluation_and_resumes(job):
     ({"rl.minibatches": 3}, "do not split into rl.minibatches = 3"),
     ({"data.train": "/nonexistent/train.jsonl"}, "neither 'suite'.*nor a JSONL file"),
     ({"data.suite_kinds": "numberline_steps,sums"}, "unknown.*sums"),
+    ({"data.suite_kinds": "points24_formula"},
+     "suite_kinds has points24_formula, which config.data.reward 'exact' cannot judge: use one "
+     "of \\['exact_or_formula'\\]"),
     ({"mesh": "4,2,1", "rl.prompts_per_batch": 4},
      "rl.prompts_per_batch = 4 does not divide over the mesh's data x fsdp = 8"),
     ({"max_new_tokens": 16}, "the solution is .* tokens with EOS; config.max_new_tokens is 16"),
