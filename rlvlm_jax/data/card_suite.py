@@ -103,29 +103,27 @@ def _ezpoints_difference(fields: dict) -> tuple[str, str]:
     return str(hi - lo), text + _boxed(str(hi - lo))
 
 
-def _points24_solvable(fields: dict) -> tuple[str, str]:
+def _points24_work(fields: dict) -> tuple[str, str | None]:
+    """(the worked solution up to its answer, the solver's formula or None if none makes 24)."""
     text, values = _cards_text(fields["cards"])
-    formula = solvers.solve_points24(values, target=24)
-    if formula is None:
-        answer = "no"
-        text += " No formula that uses each of these numbers once makes 24. "
-    else:
-        answer = "yes"
-        text += f" {''.join(formula)} = 24. "
+    tokens = solvers.solve_points24(values, target=24)
+    if tokens is None:
+        return text + " No formula that uses each of these numbers once makes 24. ", None
+    formula = "".join(tokens)
+    return text + f" {formula} = 24. ", formula
+
+
+def _points24_solvable(fields: dict) -> tuple[str, str]:
+    text, formula = _points24_work(fields)
+    answer = "no" if formula is None else "yes"
     return answer, text + _boxed(answer)
 
 
 def _points24_formula(fields: dict) -> tuple[str, str]:
     """The solver's formula is one right answer of many: the "exact_or_formula" checker accepts
     any formula with the same numbers, each used once, and the same exact value (24)."""
-    text, values = _cards_text(fields["cards"])
-    formula = solvers.solve_points24(values, target=24)
-    if formula is None:
-        answer = "no"
-        text += " No formula that uses each of these numbers once makes 24. "
-    else:
-        answer = "".join(formula)
-        text += f" {answer} = 24. "
+    text, formula = _points24_work(fields)
+    answer = formula or "no"
     return answer, text + _boxed(answer)
 
 
