@@ -868,10 +868,11 @@ def validate_single_turn(config) -> None:
             raise ValueError(f"config.data.suite_kinds {c.data.suite_kinds!r}: unknown "
                              f"{unknown or 'none given'}; known: {list(card_suite.KINDS)}")
         for k in kinds:
-            if c.data.reward not in card_suite.KINDS[k].checkers:
+            judges = card_suite.KINDS[k].checkers
+            if judges is not None and c.data.reward not in judges:
                 raise ValueError(f"config.data.suite_kinds has {k}, which config.data.reward "
                                  f"{c.data.reward!r} cannot judge: use one of "
-                                 f"{list(card_suite.KINDS[k].checkers)}")
+                                 f"{list(judges)}")
     checkpoint = c.model.checkpoint or ""
     _check_qwen_support(c, None)
     if not checkpoint:

@@ -187,8 +187,9 @@ class Kind:
     heldout_share: float = 0.1  # share of logical states in validation, and again in test
     # Every logical key, for a space so small that the splits take exact shares (`split_of`).
     all_states: Callable[[], np.ndarray] | None = None
-    # Reward checkers (`rlvlm_jax.rl.rewards`) that judge this kind's answers right.
-    checkers: tuple[str, ...] = ("exact", "exact_or_formula")
+    # The reward checkers (`rlvlm_jax.rl.rewards`) that judge this kind's answers right; None:
+    # any (a single right answer). "math_verify" would take any formula worth 24, even "24".
+    checkers: tuple[str, ...] | None = None
 
 
 KINDS: dict[str, Kind] = {
