@@ -3,6 +3,10 @@ current formula in the (short) prompt, rebuilt on the device every step.
 
 python -m rlvlm_jax.train --config experiments/ezpoints_tiny.py --workdir outputs/ezp_tiny
 python -m rlvlm_jax.train --config experiments/ezpoints_tiny.py:nocot ...  # no-CoT ablation
+
+Rollout temperature (3 seeds each, 2026-11-29, commit 6cba579, 280-300 s per run): at 0.2 (this
+config) SFT 4.0 / 7.2 / 5.4% -> PPO 97.4 / 95.4 / 96.4%; with `--config.ppo.temperature=1.0`
+(NumberLine's choice) the same SFT policies -> 94.6 / 96.8 / 90.6%. Kept at 0.2.
 """
 
 import ml_collections
